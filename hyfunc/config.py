@@ -1,0 +1,139 @@
+"""Typed configuration, loaded from YAML (plain data) with environment overrides.
+
+One object carries every setting: model paths, cascade knobs, store URL, broker and
+service limits. `HYFUNC_*` environment variables override the YAML for the settings
+operators change per deployment (database URL, broker URL, models directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dir: str | None = None  # a models directory written by `hyfunc models tiny` or training
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+class CascadeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(default=3, ge=1)
+    relevance_threshold: float | None = None  # None: use the calibrated value saved with the retriever
+    max_calls: int = Field(default=4, ge=1)
+    max_string_tokens: int = Field(default=48, ge=1)
+    max_number_tokens: int = Field(default=12, ge=1)
+    max_array_items: int = Field(default=8, ge=1)
+    max_depth: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    index_dir: str | None = None  # function index cache; default: <models.dir>/index
+
+
+class StoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = "sqlite:///.hyfunc/hyfunc.sqlite"
+    record_runs: bool = True  # `hyfunc run` records its jobs too
+
+
+class WorkerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    queue: str = "hyfunc"
+    flush_every: int = Field(default=16, ge=1)
+    flush_interval: float = Field(default=0.2, gt=0)
+    lease_seconds: int = Field(default=300, ge=1)
+    sweep_interval: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    concurrency: int = Field(default=1, ge=1)
+
+
+class LimitsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_query_chars: int = Field(default=4000, ge=1)
+    max_tools_per_request: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=2_000_000, ge=1)
+    max_batch_size: int = Field(default=1000, ge=1)
+
+
+class ApiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class HyFuncConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    training: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None  # where this config was read from
+
+    def models_dir(self) -> Path | None:
+        if not self.models.dir:
+            return None
+        path = Path(self.models.dir)
+        if not path.is_absolute() and self.source:
+            # Relative model paths are relative to the repository root, so configs/ files
+            # work from any working directory.
+            candidate = REPO_ROOT / path
+            if candidate.exists():
+                return candidate
+        return path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_ENV_OVERRIDES = {
+    "HYFUNC_MODELS_DIR": ("models", "dir"),
+    "HYFUNC_DEVICE": ("models", "device"),
+    "HYFUNC_DATABASE_URL": ("store", "url"),
+    "HYFUNC_BROKER_URL": ("worker", "broker_url"),
+    "HYFUNC_QUEUE": ("worker", "queue"),
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> HyFuncConfig:
+    """Read a YAML config (default: configs/default.yaml, or $HYFUNC_CONFIG) and apply env overrides."""
+    path = path or os.environ.get("HYFUNC_CONFIG") or DEFAULT_CONFIG
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    elif path != DEFAULT_CONFIG:
+        raise ConfigError(f"config file {path} does not exist")
+    for env, (section, key) in _ENV_OVERRIDES.items():
+        if os.environ.get(env):
+            data.setdefault(section, {})[key] = os.environ[env]
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    data["source"] = str(path)
+    try:
+        return HyFuncConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,279 @@
+"""Request, tool and result schemas (pydantic), shared by the CLI, the service and training.
+
+Tools follow the OpenAI function format. Parameters are a JSON Schema subset:
+string, integer, number, boolean, array (with items), object (with properties),
+enum, required, default, description. A value with no type is accepted and treated
+as a free JSON string by the template machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
+
+
+class ParamSchema(BaseModel):
+    """One JSON Schema node of the supported subset."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: str | None = None
+    description: str | None = None
+    enum: list[Any] | None = None
+    properties: dict[str, ParamSchema] | None = None
+    required: list[str] | None = None
+    items: ParamSchema | None = None
+    default: Any = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _one_type(cls, value: Any) -> Any:
+        # ["string", "null"] is common in real schemas: keep the non-null type.
+        if isinstance(value, list):
+            non_null = [t for t in value if t != "null"]
+            if len(non_null) != 1:
+                raise ValueError(f"type list {value!r} must name exactly one non-null type")
+            return non_null[0]
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in JSON_TYPES:
+            raise ValueError(f"unsupported type {value!r}; expected one of {', '.join(JSON_TYPES)}")
+        return value
+
+    @field_validator("enum")
+    @classmethod
+    def _enum_not_empty(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None and len(value) == 0:
+            raise ValueError("enum must list at least one value")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSchema:
+        if self.required:
+            props = self.properties or {}
+            missing = [name for name in self.required if name not in props]
+            if missing:
+                raise ValueError(f"required names {missing} that are not in properties")
+        if self.type == "array" and self.items is None:
+            # An array without items is legal JSON Schema; treat its items as free strings.
+            self.items = ParamSchema(type="string")
+        if self.enum is not None and self.type in ("integer", "number", "boolean", "string"):
+            bad = [v for v in self.enum if not _matches_scalar(self.type, v)]
+            if bad:
+                raise ValueError(f"enum values {bad} do not match type {self.type!r}")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
+def _matches_scalar(json_type: str, value: Any) -> bool:
+    if json_type == "string":
+        return isinstance(value, str)
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if json_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=128)
+    description: str = ""
+    parameters: ParamSchema = Field(default_factory=lambda: ParamSchema(type="object", properties={}))
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, value: str) -> str:
+        if any(ch in value for ch in '"\\\n\r\t') or value != value.strip():
+            raise ValueError("function name must not contain quotes, backslashes, whitespace at the ends or newlines")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_params(cls, value: ParamSchema) -> ParamSchema:
+        if value.type is None and value.properties is not None:
+            value.type = "object"
+        if value.type != "object":
+            raise ValueError(f"parameters must be a JSON Schema of type 'object', got {value.type!r}")
+        if value.properties is None:
+            value.properties = {}
+        return value
+
+
+class Tool(BaseModel):
+    """An OpenAI-style tool: {"type": "function", "function": {...}}."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_bare_function(cls, data: Any) -> Any:
+        # Many datasets (xlam, BFCL) store the bare function object; accept both shapes.
+        if isinstance(data, dict) and "function" not in data and "name" in data:
+            return {"type": "function", "function": data}
+        return data
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.function.name,
+                "description": self.function.description,
+                "parameters": self.function.parameters.to_json(),
+            },
+        }
+
+    def content_hash(self) -> str:
+        """Stable hash of the tool's content: the function index key."""
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+class CallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    query: str = Field(min_length=1)
+    tools: list[Tool] = Field(min_length=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CallRequest:
+        names = [tool.name for tool in self.tools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tools: duplicate function names {dupes}")
+        return self
+
+
+class Call(BaseModel):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Candidate(BaseModel):
+    name: str
+    score: float
+
+
+class StageTimings(BaseModel):
+    lml: float = 0.0
+    retrieve: float = 0.0
+    lms_prefill: float = 0.0
+    lms_decode: float = 0.0
+    total: float = 0.0
+
+
+class TokenCounts(BaseModel):
+    lml_prompt: int = 0
+    lms_prompt: int = 0
+    injected: int = 0
+    generated: int = 0
+    shared_prefix: int = 0
+
+
+class ForwardPasses(BaseModel):
+    lml: int = 0
+    lms: int = 0
+
+
+class CallResult(BaseModel):
+    id: str | None = None
+    calls: list[Call] = Field(default_factory=list)
+    no_call_reason: str | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    timings_ms: StageTimings = Field(default_factory=StageTimings)
+    tokens: TokenCounts = Field(default_factory=TokenCounts)
+    forward_passes: ForwardPasses = Field(default_factory=ForwardPasses)
+    error: str | None = None
+
+
+class RequestError(ValueError):
+    """A request that failed validation, with a message naming the field and the problem."""
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item.get("loc", ())) or "<root>"
+        parts.append(f"{loc}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def parse_request(data: Any) -> CallRequest:
+    """Validate one request dict; raise RequestError with a readable message."""
+    if not isinstance(data, dict):
+        raise RequestError(f"request must be a JSON object, got {type(data).__name__}")
+    try:
+        return CallRequest.model_validate(data)
+    except ValidationError as err:
+        raise RequestError(describe_validation_error(err)) from None
+
+
+def validate_arguments(schema: ParamSchema, value: Any, path: str = "arguments") -> list[str]:
+    """Check a value against the schema subset; returns a list of problems (empty = valid)."""
+    problems: list[str] = []
+    if schema.enum is not None and value not in schema.enum:
+        problems.append(f"{path}: {value!r} not in enum {schema.enum!r}")
+        return problems
+    kind = schema.type
+    if kind is None:
+        return problems
+    if kind == "object":
+        if not isinstance(value, dict):
+            return [f"{path}: expected object"]
+        props = schema.properties or {}
+        for name in schema.required or []:
+            if name not in value:
+                problems.append(f"{path}.{name}: required but missing")
+        for name, sub in value.items():
+            if props and name not in props:
+                problems.append(f"{path}.{name}: not a known property")
+            elif name in props:
+                problems.extend(validate_arguments(props[name], sub, f"{path}.{name}"))
+    elif kind == "array":
+        if not isinstance(value, list):
+            return [f"{path}: expected array"]
+        assert schema.items is not None
+        for i, item in enumerate(value):
+            problems.extend(validate_arguments(schema.items, item, f"{path}[{i}]"))
+    elif kind == "null":
+        if value is not None:
+            problems.append(f"{path}: expected null")
+    elif not _matches_scalar(kind, value):
+        problems.append(f"{path}: expected {kind}, got {type(value).__name__}")
+    return problems
+
+
+def validate_call(call: Call, tools: list[Tool]) -> list[str]:
+    by_name = {t.name: t for t in tools}
+    tool = by_name.get(call.name)
+    if tool is None:
+        return [f"unknown function {call.name!r}"]
+    return validate_arguments(tool.function.parameters, call.arguments)
