@@ -1,0 +1,82 @@
+"""The embedded path's audit trail: `hyfunc run` records its requests and results as jobs.
+
+Import log lines the same way (`import_log`), so a JSONL log from elsewhere can be
+replayed and exported like service traffic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from hyfunc.config import HyFuncConfig
+from hyfunc.schema import CallRequest, CallResult
+from hyfunc.store.db import normalize_url, session_factory, transaction
+from hyfunc.store.jobs import NewJob, create_jobs, finish_job
+from hyfunc.store.keys import get_or_create_tenant
+from hyfunc.store.models import utcnow
+
+LOCAL_TENANT = "local"
+
+
+def ensure_schema(url: str) -> None:
+    """Bring an embedded SQLite store to the newest migration; a server database is the
+    operator's to migrate (`hyfunc db upgrade`), so there we only check."""
+    from hyfunc.store import migrate
+
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        migrate.upgrade(url)
+        return
+    if migrate.current(url) is None:
+        raise RuntimeError(f"database {url} has no HyFunc schema; run `hyfunc db upgrade` first")
+
+
+def record_results(
+    session: Session,
+    tenant_id: int,
+    requests: Sequence[CallRequest],
+    results: Sequence[CallResult],
+    *,
+    model_versions: dict[str, str] | None = None,
+    worker: str = "embedded",
+) -> list[uuid.UUID]:
+    if len(requests) != len(results):
+        raise ValueError(f"{len(requests)} requests but {len(results)} results")
+    jobs = create_jobs(
+        session,
+        tenant_id,
+        [NewJob(query=r.query, tools=[t.to_json() for t in r.tools], client_id=r.id) for r in requests],
+    )
+    now = utcnow()
+    batch_id = uuid.uuid4()
+    for job in jobs:
+        # Walk the same states a worker would, so the row is indistinguishable from service traffic.
+        job.status, job.worker, job.batch_id, job.started_at, job.attempts = "running", worker, batch_id, now, 1
+    session.flush()
+    for job, result in zip(jobs, results, strict=True):
+        finish_job(session, job, batch_id, result, model_versions=model_versions or {}, batch_size=len(jobs))
+    return [j.id for j in jobs]
+
+
+def record_run(
+    config: HyFuncConfig,
+    requests: Sequence[CallRequest],
+    results: Sequence[CallResult],
+    *,
+    model_versions: dict[str, str] | None = None,
+    tenant: str = LOCAL_TENANT,
+) -> list[uuid.UUID]:
+    """Record an embedded run's (request, result) pairs as finished jobs in config.store.url.
+
+    Returns the job ids. Does nothing (returns []) when store.record_runs is off.
+    """
+    if not config.store.record_runs or not requests:
+        return []
+    ensure_schema(config.store.url)
+    factory = session_factory(config.store.url)
+    with transaction(factory) as session:
+        tenant_row = get_or_create_tenant(session, tenant)
+        return record_results(session, tenant_row.id, requests, results, model_versions=model_versions)
