@@ -1,0 +1,53 @@
+"""Prompt text for the LML (intent) and the LMS (parameter writer), ChatML as Qwen uses it.
+
+The LMS prompt is split so that the part every job shares (the system instructions) is a
+token prefix whose KV is computed once per process; everything job-specific follows it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hyfunc.schema import Tool
+
+SOFT_TOKEN = "<|soft|>"  # placeholder position; its embedding is replaced by the projected soft token
+
+INTENT_SYSTEM = "You turn a user's request into function calls. Read the request."
+
+LMS_SYSTEM = (
+    "You are a function-calling assistant. Answer with one or more tool calls in "
+    "<tool_call></tool_call> tags, using only the tools below."
+)
+
+
+def intent_prompt(query: str) -> str:
+    """LML prompt: system + query, never the tool library; the answer would begin at the end."""
+    return (
+        f"<|im_start|>system\n{INTENT_SYSTEM}<|im_end|>\n"
+        f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def tool_text(tool: Tool) -> str:
+    """The text a function embedding is pooled over: name, description, parameters."""
+    params = tool.function.parameters.properties or {}
+    parts = [f"{tool.name}: {tool.function.description}".strip()]
+    for name, schema in params.items():
+        kind = schema.type or "any"
+        desc = f" - {schema.description}" if schema.description else ""
+        parts.append(f"{name} ({kind}){desc}")
+    return "\n".join(parts)
+
+
+def lms_shared_prefix() -> str:
+    """The LMS prompt prefix shared by every job (its KV is reused across batches)."""
+    return f"<|im_start|>system\n{LMS_SYSTEM}\n<tools>\n"
+
+
+def lms_job_prompt(query: str, candidates: list[Tool], soft_tokens: int) -> str:
+    """Job-specific LMS prompt: candidate schemas, the query, the soft-token slots, the answer start."""
+    schemas = "\n".join(json.dumps(t.to_json()["function"], ensure_ascii=False, separators=(",", ":")) for t in candidates)
+    return (
+        f"{schemas}\n</tools><|im_end|>\n"
+        f"<|im_start|>user\n{query}{SOFT_TOKEN * soft_tokens}<|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -1,0 +1,539 @@
+"""The template machine: dynamic templating of the answer, one program per job.
+
+The answer grammar (Qwen-style ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``) is
+known from the candidates' schemas, so the machine writes every fixed token itself and asks
+the model only what is uncertain. A program is a Python generator that yields steps:
+
+- ``Inject(ids)``: fixed tokens to append (the decoder appends a whole run in one pass);
+- ``Generate(allowed, gold)``: the model picks one token from ``allowed``; the chosen id is
+  sent back into the generator.
+
+Decisions are all token choices, so inference, teacher forcing (training) and replay of a
+recorded sequence run the very same code with different pickers:
+
+- the function name is a choice among candidate names (injected when only one remains);
+- an optional parameter is included or skipped by choosing the next key (or the closing
+  brace) after each value — the model decides, never the gold answer;
+- enums and booleans are choices among their JSON literals; integers and numbers allow only
+  tokens that keep a valid JSON number; strings run until the lone closing-quote token;
+- arrays and objects recurse; after each call the model chooses another call or the end.
+
+A value's "end token" is the first token of what follows it, so a number costs its digits
+plus one decision token, and a string its content plus the closing quote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hyfunc.cascade.numbers import completion_digit, is_complete_number, is_number_prefix
+from hyfunc.cascade.vocab import VocabConstraints
+from hyfunc.schema import Call, ParamSchema, Tool
+
+CALL_OPEN = '<tool_call>\n{"name": "'
+CALL_NEXT = '\n<tool_call>\n{"name": "'
+ARGS_OPEN = ', "arguments": '
+CALL_CLOSE = "}\n</tool_call>"
+END_OF_ANSWER = "<|im_end|>"
+
+
+@dataclass
+class Inject:
+    ids: list[int]
+
+
+@dataclass
+class Generate:
+    """Ask the model for one token. ``allowed`` is a list of ids or a bool mask over the vocab."""
+
+    allowed: list[int] | torch.Tensor
+    gold: int | None = None
+
+    def permits(self, token: int) -> bool:
+        if isinstance(self.allowed, torch.Tensor):
+            return 0 <= token < self.allowed.numel() and bool(self.allowed[token])
+        return token in self.allowed
+
+
+Step = Inject | Generate
+Program = Generator[Step, int | None, list[Call]]
+
+
+class TemplateError(ValueError):
+    """A gold call the machine cannot express (teacher mode) or a schema it cannot template."""
+
+
+@dataclass
+class MachineLimits:
+    max_calls: int = 4
+    max_string_tokens: int = 48
+    max_number_tokens: int = 12
+    max_array_items: int = 8
+
+
+@dataclass
+class TokenRecord:
+    """Teacher mode output: the answer's token ids and which ones the model generates."""
+
+    ids: list[int] = field(default_factory=list)
+    generated: list[bool] = field(default_factory=list)
+
+
+_ALT = object()  # a value writer returns this when an alternative (e.g. "]") was chosen instead
+
+
+class TemplateMachine:
+    """Builds answer programs for a tokenizer; holds the per-vocabulary constraint tables."""
+
+    def __init__(self, tokenizer: Any, limits: MachineLimits | None = None, logits_size: int | None = None):
+        self.tokenizer = tokenizer
+        self.limits = limits or MachineLimits()
+        self.vocab = VocabConstraints.build(tokenizer, logits_size)
+        self._encode_cache: dict[str, list[int]] = {}
+        for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER):
+            if not self.encode(text):
+                raise ValueError(f"tokenizer cannot encode template text {text!r}")
+        eos = self.encode(END_OF_ANSWER)
+        if len(eos) != 1:
+            raise ValueError(f"{END_OF_ANSWER} must be a single special token in the LMS tokenizer")
+
+    # -- tokenisation -------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._encode_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            self._encode_cache[text] = ids
+        return ids
+
+    # -- public entry points ------------------------------------------------------------------
+
+    def program(self, candidates: list[Tool], gold: list[Call] | None = None) -> Program:
+        """The answer program for one job. With ``gold``, each Generate carries the gold token."""
+        if not candidates:
+            raise TemplateError("the template machine needs at least one candidate tool")
+        if gold is not None and not gold:
+            raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
+        return self._answer(candidates, gold)
+
+    def teacher(self, candidates: list[Tool], gold: list[Call]) -> TokenRecord:
+        """Run the program with the gold answer as picker: the exact training token sequence."""
+        record = TokenRecord()
+        program = self.program(candidates, gold)
+        send: int | None = None
+        try:
+            while True:
+                step = program.send(send)
+                send = None
+                if isinstance(step, Inject):
+                    record.ids.extend(step.ids)
+                    record.generated.extend([False] * len(step.ids))
+                else:
+                    if step.gold is None or not step.permits(step.gold):
+                        raise TemplateError(f"gold token {step.gold} is not allowed at this step")
+                    record.ids.append(step.gold)
+                    record.generated.append(True)
+                    send = step.gold
+        except StopIteration as stop:
+            calls: list[Call] = stop.value
+        if [c.model_dump() for c in calls] != [_canonical(c).model_dump() for c in gold]:
+            raise TemplateError("teacher sequence does not reproduce the gold calls")
+        return record
+
+    def replay(self, candidates: list[Tool], generated_ids: list[int]) -> list[Call]:
+        """Run the program picking the given generated tokens in order (round-trip checks)."""
+        program = self.program(candidates)
+        queue = list(generated_ids)
+        send: int | None = None
+        try:
+            while True:
+                step = program.send(send)
+                send = None
+                if isinstance(step, Generate):
+                    if not queue:
+                        raise TemplateError("replay ran out of generated tokens")
+                    send = queue.pop(0)
+                    if not step.permits(send):
+                        raise TemplateError(f"token {send} is not allowed at this step")
+        except StopIteration as stop:
+            return stop.value
+
+    # -- the answer grammar -------------------------------------------------------------------
+
+    def _answer(self, candidates: list[Tool], gold: list[Call] | None) -> Program:
+        calls: list[Call] = []
+        name_options = [self.encode(tool.name + '"') for tool in candidates]
+        by_name = {tool.name: i for i, tool in enumerate(candidates)}
+        yield Inject(self.encode(CALL_OPEN))
+        while True:
+            gold_call = gold[len(calls)] if gold is not None else None
+            gold_index = None
+            if gold_call is not None:
+                if gold_call.name not in by_name:
+                    raise TemplateError(f"gold function {gold_call.name!r} is not among the candidates")
+                gold_index = by_name[gold_call.name]
+            index = yield from self._choose(name_options, gold_index)
+            tool = candidates[index]
+            yield Inject(self.encode(ARGS_OPEN))
+            params = tool.function.parameters
+            arguments, _ = yield from self._object(
+                params,
+                gold_call.arguments if gold_call else None,
+                [CALL_CLOSE],
+                0 if gold_call else None,
+                opened=False,
+                depth=0,
+            )
+            calls.append(Call(name=tool.name, arguments=arguments))
+            more_gold = None if gold is None else int(len(calls) >= len(gold))
+            if len(calls) >= self.limits.max_calls:
+                if more_gold == 0:
+                    raise TemplateError(f"gold answer has more than max_calls={self.limits.max_calls} calls")
+                yield Inject(self.encode(END_OF_ANSWER))
+                return calls
+            choice = yield from self._choose([self.encode(CALL_NEXT), self.encode(END_OF_ANSWER)], more_gold)
+            if choice == 1:
+                return calls
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def _value(
+        self,
+        schema: ParamSchema,
+        gold: Any,
+        then: list[str],
+        gold_then: int | None,
+        depth: int,
+        alt: list[str] | None = None,
+        gold_alt: int | None = None,
+    ) -> Generator[Step, int | None, tuple[Any, int]]:
+        """Write one value followed by one of ``then``; returns (value, index into then).
+
+        With ``alt`` the value may be replaced by one of those texts (an empty array's "]"):
+        then it returns (_ALT, index into alt).
+        """
+        alt = alt or []
+        teacher = gold_then is not None or gold_alt is not None
+        if schema.enum is not None or schema.type in ("boolean", "null"):
+            literals = schema.enum if schema.enum is not None else ([True, False] if schema.type == "boolean" else [None])
+            texts = [json.dumps(v, ensure_ascii=False) for v in literals]
+            options = [self.encode(lit + t) for lit in texts for t in then] + [self.encode(a) for a in alt]
+            gold_index = None
+            if teacher:
+                if gold_alt is not None:
+                    gold_index = len(texts) * len(then) + gold_alt
+                else:
+                    gold_index = _literal_index(literals, gold) * len(then) + gold_then
+            index = yield from self._choose(options, gold_index)
+            if index >= len(texts) * len(then):
+                return _ALT, index - len(texts) * len(then)
+            return literals[index // len(then)], index % len(then)
+
+        if schema.type in ("integer", "number"):
+            return (yield from self._number(schema.type == "integer", gold, then, gold_then, alt, gold_alt))
+
+        opener = {"object": "{", "array": "["}.get(schema.type or "string", '"')
+        if alt:
+            gold_open = None
+            if teacher:
+                gold_open = 0 if gold_alt is None else 1 + gold_alt
+            index = yield from self._choose([self.encode(opener)] + [self.encode(a) for a in alt], gold_open)
+            if index > 0:
+                return _ALT, index - 1
+        else:
+            yield Inject(self.encode(opener))
+
+        if schema.type == "object":
+            return (yield from self._object(schema, gold, then, gold_then, opened=True, depth=depth))
+        if schema.type == "array":
+            return (yield from self._array(schema, gold, then, gold_then, depth))
+        return (yield from self._string(gold, then, gold_then, teacher))
+
+    def _string(
+        self, gold: Any, then: list[str], gold_then: int | None, teacher: bool
+    ) -> Generator[Step, int | None, tuple[Any, int]]:
+        vocab = self.vocab
+        gold_ids: list[int] | None = None
+        if teacher:
+            if not isinstance(gold, str):
+                raise TemplateError(f"gold value {gold!r} is not a string")
+            gold_ids = self.encode(json.dumps(gold, ensure_ascii=False)[1:-1]) if gold else []
+            if len(gold_ids) > self.limits.max_string_tokens:
+                raise TemplateError(f"gold string {gold!r} is longer than max_string_tokens")
+        content: list[int] = []
+        escaped = False
+        while True:
+            if len(content) >= self.limits.max_string_tokens and not escaped:
+                break  # length cap: the machine closes the string itself
+            allowed = vocab.string_mask[escaped]
+            if not escaped:
+                allowed = allowed.clone()
+                allowed[vocab.quote_id] = True
+            target = None
+            if gold_ids is not None:
+                target = gold_ids[len(content)] if len(content) < len(gold_ids) else vocab.quote_id
+            token = yield Generate(allowed, target)
+            if token == vocab.quote_id and not escaped:
+                break
+            escaped = vocab.string_exit[escaped][token]
+            content.append(token)
+        if len(content) >= self.limits.max_string_tokens:
+            yield Inject([vocab.quote_id])
+        raw = vocab.decode_value_bytes(content).decode("utf-8", errors="replace")
+        try:
+            value = json.loads('"' + raw + '"')
+        except json.JSONDecodeError:  # unreachable by construction; kept as a guard for odd tokenizers
+            value = raw
+        index = yield from self._choose([self.encode(t) for t in then], gold_then)
+        return value, index
+
+    def _number(
+        self,
+        integer: bool,
+        gold: Any,
+        then: list[str],
+        gold_then: int | None,
+        alt: list[str],
+        gold_alt: int | None,
+    ) -> Generator[Step, int | None, tuple[Any, int]]:
+        vocab = self.vocab
+        teacher = gold_then is not None or gold_alt is not None
+        gold_ids: list[int] = []
+        if teacher and gold_alt is None:
+            if isinstance(gold, bool) or not isinstance(gold, (int, float)) or (integer and not isinstance(gold, int)):
+                raise TemplateError(f"gold value {gold!r} is not {'an integer' if integer else 'a number'}")
+            gold_ids = self.encode(json.dumps(gold))
+        then_ids = [self.encode(t) for t in then]
+        alt_ids = [self.encode(a) for a in alt]
+        text = ""
+        count = 0
+        while True:
+            if count >= self.limits.max_number_tokens:
+                fill = completion_digit(text, integer)
+                if fill:
+                    yield Inject([vocab.digit_ids[fill]])
+                    text += fill
+                break
+            allowed: set[int] = set()
+            numeric = {tid for tid, s in vocab.number_tokens.items() if is_number_prefix(text + s, integer)}
+            allowed |= numeric
+            if not text and alt_ids:
+                allowed |= {ids[0] for ids in alt_ids}
+            complete = is_complete_number(text, integer)
+            if complete:
+                allowed |= {ids[0] for ids in then_ids}
+            target = None
+            if teacher:
+                if gold_alt is not None:
+                    target = alt_ids[gold_alt][0]
+                elif count < len(gold_ids):
+                    target = gold_ids[count]
+                else:
+                    target = then_ids[gold_then][0]
+            token = yield Generate(sorted(allowed), target)
+            if token in numeric:
+                text += vocab.number_tokens[token]
+                count += 1
+                continue
+            if not text and alt_ids and any(ids[0] == token for ids in alt_ids):
+                index = yield from self._choose(alt_ids, gold_alt, first=token)
+                return _ALT, index
+            index = yield from self._choose(then_ids, gold_then, first=token)
+            return json.loads(text), index
+        index = yield from self._choose(then_ids, gold_then)
+        return json.loads(text), index
+
+    def _object(
+        self,
+        schema: ParamSchema,
+        gold: Any,
+        then: list[str],
+        gold_then: int | None,
+        opened: bool,
+        depth: int,
+    ) -> Generator[Step, int | None, tuple[Any, int]]:
+        teacher = gold_then is not None
+        if not opened:
+            yield Inject(self.encode("{"))
+        if teacher and not isinstance(gold, dict):
+            raise TemplateError(f"gold value {gold!r} is not an object")
+        props = list((schema.properties or {}).items())
+        if schema.properties is None:
+            return (yield from self._free_object(gold, then, gold_then))
+        required = set(schema.required or [])
+        if teacher:
+            unknown = [k for k in gold if k not in dict(props)]
+            if unknown:
+                raise TemplateError(f"gold arguments {unknown} are not in the schema")
+        result: dict[str, Any] = {}
+        position = 0  # index of the next property that may still be written
+        separator = ""
+        # The first key (or "}") is chosen right after "{"; later keys are chosen as the "then"
+        # of the value before them, so include/skip costs one decision token, not a pass each.
+        options, keys = self._key_options(props, position, required, separator)
+        index = yield from self._choose([self.encode(o) for o in options], _gold_key(keys, gold) if teacher else None)
+        while keys[index] is not None:
+            name = keys[index]
+            position = [p[0] for p in props].index(name) + 1
+            next_options, next_keys = self._key_options(props, position, required, ", ")
+            gold_next = _gold_key(next_keys, gold) if teacher else None
+            value, index = yield from self._value(
+                props[position - 1][1], gold.get(name) if teacher else None, next_options, gold_next, depth + 1
+            )
+            result[name] = value
+            keys = next_keys
+        index = yield from self._choose([self.encode(t) for t in then], gold_then)
+        return result, index
+
+    @staticmethod
+    def _key_options(
+        props: list[tuple[str, ParamSchema]], position: int, required: set[str], separator: str
+    ) -> tuple[list[str], list[str | None]]:
+        """Which keys may come next: optional ones up to and including the next required one;
+        the closing brace only when no required key is left."""
+        options: list[str] = []
+        keys: list[str | None] = []
+        for name, _ in props[position:]:
+            options.append(separator + json.dumps(name, ensure_ascii=False) + ": ")
+            keys.append(name)
+            if name in required:
+                break
+        if not any(name in required for name, _ in props[position:]):
+            options.append("}")
+            keys.append(None)
+        return options, keys
+
+    def _free_object(self, gold: Any, then: list[str], gold_then: int | None) -> Generator[Step, int | None, tuple[Any, int]]:
+        """An object schema without properties: string keys with string values."""
+        teacher = gold_then is not None
+        items = list(gold.items()) if teacher else []
+        if teacher and any(not isinstance(v, str) for _, v in items):
+            raise TemplateError("free-form objects (no properties) carry string values only")
+        result: dict[str, Any] = {}
+        index = yield from self._choose([self.encode('"'), self.encode("}")], (0 if items else 1) if teacher else None)
+        while index == 0:
+            n = len(result)
+            key, _ = yield from self._string(items[n][0] if teacher else None, [": "], 0 if teacher else None, teacher)
+            yield Inject(self.encode('"'))
+            value_then = [', "', "}"] if n + 1 < self.limits.max_array_items else ["}"]
+            gold_next = None
+            if teacher:
+                gold_next = 0 if n + 1 < len(items) else len(value_then) - 1
+                if n + 1 < len(items) and len(value_then) == 1:
+                    raise TemplateError("gold free-form object has more keys than max_array_items")
+            value, chosen = yield from self._string(items[n][1] if teacher else None, value_then, gold_next, teacher)
+            result[key] = value
+            index = 0 if value_then[chosen] == ', "' else 1
+        index = yield from self._choose([self.encode(t) for t in then], gold_then)
+        return result, index
+
+    def _array(
+        self, schema: ParamSchema, gold: Any, then: list[str], gold_then: int | None, depth: int
+    ) -> Generator[Step, int | None, tuple[Any, int]]:
+        teacher = gold_then is not None
+        if teacher and not isinstance(gold, list):
+            raise TemplateError(f"gold value {gold!r} is not an array")
+        if teacher and len(gold) > self.limits.max_array_items:
+            raise TemplateError(f"gold array has more than max_array_items={self.limits.max_array_items} items")
+        items_schema = schema.items or ParamSchema(type="string")
+        result: list[Any] = []
+        # First item or "]" (empty array): the value writer takes "]" as its alternative.
+        item_then = [", ", "]"] if self.limits.max_array_items > 1 else ["]"]
+        gold_alt = 0 if teacher and not gold else None
+        gold_item_then = None
+        if teacher and gold:
+            gold_item_then = _array_then(len(result), len(gold), item_then)
+        value, index = yield from self._value(
+            items_schema, gold[0] if teacher and gold else None, item_then, gold_item_then, depth + 1, ["]"], gold_alt
+        )
+        if value is not _ALT:
+            result.append(value)
+            while item_then[index] == ", ":
+                item_then = [", ", "]"] if len(result) + 1 < self.limits.max_array_items else ["]"]
+                gold_item_then = _array_then(len(result), len(gold), item_then) if teacher else None
+                value, index = yield from self._value(
+                    items_schema, gold[len(result)] if teacher else None, item_then, gold_item_then, depth + 1
+                )
+                result.append(value)
+        index = yield from self._choose([self.encode(t) for t in then], gold_then)
+        return result, index
+
+    # -- the choice primitive -------------------------------------------------------------------
+
+    def _choose(
+        self, options: list[list[int]], gold_index: int | None, first: int | None = None
+    ) -> Generator[Step, int | None, int]:
+        """Pick one option by walking the token trie: forced tokens are injected, branches generated.
+
+        ``first``: the first token was already chosen (a number's end token).
+        """
+        if not options:
+            raise TemplateError("a choice needs at least one option")
+        for i, a in enumerate(options):
+            if not a:
+                raise TemplateError("a choice option encodes to no tokens")
+            for j, b in enumerate(options):
+                if i != j and len(a) < len(b) and b[: len(a)] == a:
+                    raise TemplateError("a choice option is a token prefix of another")
+        alive = list(range(len(options)))
+        pos = 0
+        forced: list[int] = []
+        if first is not None:
+            alive = [i for i in alive if options[i][0] == first]
+            pos = 1
+        while True:
+            finished = [i for i in alive if len(options[i]) == pos]
+            if finished:
+                if forced:
+                    yield Inject(forced)
+                return finished[0]
+            nexts = sorted({options[i][pos] for i in alive})
+            if len(nexts) == 1:
+                token = nexts[0]
+                forced.append(token)
+            else:
+                if forced:
+                    yield Inject(forced)
+                    forced = []
+                target = options[gold_index][pos] if gold_index is not None else None
+                token = yield Generate(nexts, target)
+                if token not in nexts:
+                    raise TemplateError(f"token {token} is not one of the allowed choices")
+            alive = [i for i in alive if options[i][pos] == token]
+            pos += 1
+
+
+def _literal_index(literals: list[Any], gold: Any) -> int:
+    def numeric(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for i, value in enumerate(literals):
+        if value == gold and (type(value) is type(gold) or (numeric(value) and numeric(gold))):
+            return i
+    raise TemplateError(f"gold value {gold!r} is not one of {literals!r}")
+
+
+def _gold_key(keys: list[str | None], gold: dict[str, Any]) -> int:
+    for i, name in enumerate(keys):
+        if name is None or name in gold:
+            return i
+    raise TemplateError(f"gold arguments skip a required key among {keys}")
+
+
+def _array_then(count: int, total: int, item_then: list[str]) -> int:
+    """Gold continuation after item ``count`` (0-based) of ``total``: another item or the end."""
+    if count + 1 < total:
+        if ", " not in item_then:
+            raise TemplateError("gold array is longer than the machine allows")
+        return item_then.index(", ")
+    return item_then.index("]")
+
+
+def _canonical(call: Call) -> Call:
+    """Gold calls compare after a JSON round trip (tuples become lists and so on)."""
+    return Call(name=call.name, arguments=json.loads(json.dumps(call.arguments)))

@@ -1,0 +1,1 @@
+"""Model loading and the on-disk layout of a models directory."""

@@ -1,0 +1,171 @@
+"""A models directory: the layout on disk, and loading it once per process.
+
+    DIR/hyfunc.json     manifest: what each part is, thresholds, versions
+    DIR/intent/         the LML (HF causal LM) or a sentence encoder (HF AutoModel)
+    DIR/lms/            the LMS (HF causal LM) with its tokenizer
+    DIR/retriever/      config.json + model.safetensors (query and key towers)
+    DIR/projector/      config.json + model.safetensors (SoftTokenProjector)
+
+Real checkpoints and the tiny test models use this same layout and this same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.cascade.prompts import SOFT_TOKEN
+from hyfunc.cascade.retriever import Retriever, RetrieverConfig
+
+MANIFEST = "hyfunc.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelsError(RuntimeError):
+    """A models directory that is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class Manifest:
+    intent_kind: str = "causal"  # "causal": last-position hidden state; "encoder": mean-pooled output
+    intent_path: str = "intent"
+    lms_path: str = "lms"
+    retriever_path: str = "retriever"
+    projector_path: str = "projector"
+    relevance_threshold: float = -1.0  # cosine; below it a job returns no call
+    name: str = "unnamed"
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST
+        if not path.exists():
+            raise ModelsError(f"{directory} is not a HyFunc models directory (no {MANIFEST})")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ModelsError(f"{path}: not valid JSON: {err}") from None
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelsError(f"{path}: unknown keys {unknown}")
+        manifest = cls(**data)
+        if manifest.intent_kind not in ("causal", "encoder"):
+            raise ModelsError(f"{path}: intent_kind must be 'causal' or 'encoder'")
+        return manifest
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def save_module(module: nn.Module, config: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(directory / "model.safetensors"))
+
+
+def load_retriever(directory: Path) -> Retriever:
+    config = RetrieverConfig(**json.loads((directory / "config.json").read_text()))
+    module = Retriever(config)
+    module.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return module.eval()
+
+
+def load_projector(directory: Path) -> SoftTokenProjector:
+    config = ProjectorConfig(**json.loads((directory / "config.json").read_text()))
+    module = SoftTokenProjector(config)
+    module.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return module.eval()
+
+
+def directory_version(directory: Path) -> str:
+    """Content hash of a model part's weight and config files: the version stored with each job."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json", ".bin"):
+            digest.update(path.relative_to(directory).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stamp_versions(directory: Path) -> Manifest:
+    """Recompute the part versions after writing weights, and save them in the manifest."""
+    manifest = Manifest.read(directory)
+    manifest.versions = {
+        part: directory_version(directory / getattr(manifest, f"{part}_path"))
+        for part in ("intent", "lms", "retriever", "projector")
+    }
+    manifest.write(directory)
+    return manifest
+
+
+@dataclass
+class ModelBundle:
+    directory: Path
+    manifest: Manifest
+    intent_model: nn.Module
+    intent_tokenizer: Any
+    lms: nn.Module
+    lms_tokenizer: Any
+    retriever: Retriever
+    projector: SoftTokenProjector
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu", dtype: str = "float32") -> ModelBundle:
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelsError(
+                f"models directory {directory} does not exist; create tiny test models with "
+                f"`hyfunc models tiny {directory}` or train demo models with `hyfunc train demo`"
+            )
+        manifest = Manifest.read(directory)
+        if dtype not in DTYPES:
+            raise ModelsError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        torch_dtype = DTYPES[dtype]
+        torch_device = torch.device(device)
+        for part in ("intent", "lms", "retriever", "projector"):
+            if not (directory / getattr(manifest, f"{part}_path")).is_dir():
+                raise ModelsError(f"{directory}: missing the {part} directory {getattr(manifest, f'{part}_path')!r}")
+        intent_dir = directory / manifest.intent_path
+        intent_tokenizer = AutoTokenizer.from_pretrained(str(intent_dir))
+        if manifest.intent_kind == "causal":
+            intent_model = AutoModelForCausalLM.from_pretrained(str(intent_dir), dtype=torch_dtype)
+        else:
+            intent_model = AutoModel.from_pretrained(str(intent_dir), dtype=torch_dtype)
+        lms_dir = directory / manifest.lms_path
+        lms_tokenizer = AutoTokenizer.from_pretrained(str(lms_dir))
+        if SOFT_TOKEN not in lms_tokenizer.get_vocab():
+            # Real checkpoints lack the placeholder; its embedding is always replaced, so the
+            # id may lie past the embedding table.
+            lms_tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]})
+        lms = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch_dtype)
+        retriever = load_retriever(directory / manifest.retriever_path)
+        projector = load_projector(directory / manifest.projector_path)
+        for module in (intent_model, lms, retriever, projector):
+            module.to(torch_device).eval()
+        retriever.to(torch.float32)
+        projector.to(torch_dtype)
+        return cls(directory, manifest, intent_model, intent_tokenizer, lms, lms_tokenizer, retriever, projector, torch_device, torch_dtype)
+
+    @property
+    def intent_dim(self) -> int:
+        return int(self.intent_model.config.hidden_size)
+
+    @property
+    def lms_dim(self) -> int:
+        return int(self.lms.config.hidden_size)
+
+    def versions(self) -> dict[str, str]:
+        return dict(self.manifest.versions) | {"name": self.manifest.name}
