@@ -123,6 +123,9 @@ class ModelBundle:
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", dtype: str = "float32") -> ModelBundle:
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         directory = Path(directory)
         if not directory.is_dir():
