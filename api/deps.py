@@ -1,0 +1,57 @@
+"""Request-scoped dependencies: the app's state, a database session, the caller's tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Header, Request
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import ApiError
+from hyfunc.config import HyFuncConfig
+from hyfunc.store.keys import authenticate
+from hyfunc.store.models import Tenant
+
+
+@dataclass
+class AppState:
+    config: HyFuncConfig
+    sessions: sessionmaker[Session]
+    celery: Celery
+    metrics_registry: CollectorRegistry | None = None
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.hyfunc
+
+
+def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+def get_tenant(
+    session: Annotated[Session, Depends(get_session)],
+    x_api_key: Annotated[str | None, Header(description="API key (or `Authorization: Bearer <key>`)")] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Tenant:
+    key = x_api_key
+    if key is None and authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        raise ApiError(401, "missing API key: send it in the X-API-Key header")
+    tenant = authenticate(session, key)
+    if tenant is None:
+        raise ApiError(401, "invalid API key")
+    # The key lookup opened a transaction; end it so the route starts its own cleanly.
+    session.commit()
+    return tenant
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[Session, Depends(get_session)]
+TenantDep = Annotated[Tenant, Depends(get_tenant)]

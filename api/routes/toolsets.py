@@ -1,0 +1,47 @@
+"""Toolset routes: register a named toolset (a new version on change) and read it back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.deps import SessionDep, StateDep, TenantDep
+from api.errors import ApiError
+from api.limits import tools_problem
+from api.schemas import ToolsetIn, ToolsetOut
+from hyfunc.schema import RequestError, parse_request
+from hyfunc.store.models import Toolset
+from hyfunc.store.toolsets import get_toolset, put_toolset
+
+router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"])
+
+
+def _out(row: Toolset) -> ToolsetOut:
+    return ToolsetOut(name=row.name, version=row.version, content_hash=row.content_hash,
+                      tools=row.tools, created_at=row.created_at)
+
+
+@router.post("", status_code=201, response_model=ToolsetOut,
+             responses={200: {"description": "unchanged: the latest version already has these tools"}})
+def register_toolset(body: ToolsetIn, response: Response, state: StateDep, session: SessionDep,
+                     tenant: TenantDep) -> ToolsetOut:
+    problem = tools_problem(len(body.tools), state.config.limits)
+    if problem:
+        raise ApiError(422, problem)
+    try:
+        # Same validation as a job's inline tools (names unique, schemas well formed).
+        tools = parse_request({"query": "toolset", "tools": body.tools}).tools
+    except RequestError as err:
+        raise ApiError(422, str(err)) from None
+    row, created = put_toolset(session, tenant.id, body.name, tools)
+    session.commit()
+    if not created:
+        response.status_code = 200
+    return _out(row)
+
+
+@router.get("/{name}", response_model=ToolsetOut)
+def read_toolset(name: str, session: SessionDep, tenant: TenantDep, version: int | None = None) -> ToolsetOut:
+    row = get_toolset(session, tenant.id, name, version)
+    if row is None:
+        raise ApiError(404, f"toolset {name!r} not found")
+    return _out(row)

@@ -1,0 +1,1 @@
+"""Celery workers for the HyFunc service: batched job execution and the lease sweeper."""
