@@ -89,11 +89,11 @@ class RecordError(ValueError):
 # --------------------------------------------------------------------------- file reading
 
 
-def _read_records(path: Path) -> tuple[Iterator[tuple[int, Any]], int | None, list[tuple[int, str]]]:
-    """Yield (position, parsed JSON or RecordError) from a JSON array or JSONL file.
+def _read_records(path: Path) -> tuple[Iterator[tuple[int, Any]], int | None]:
+    """(position, parsed JSON or RecordError) pairs from a JSON array or JSONL file.
 
-    Returns the iterator, the record count when known cheaply (for the progress bar), and
-    file-level parse errors. JSONL is streamed so a large file is never held twice.
+    Returns the iterator and the record count when known cheaply (for the progress bar).
+    JSONL is streamed so a large file is never held in memory twice.
     """
     with path.open("r", encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
@@ -102,7 +102,7 @@ def _read_records(path: Path) -> tuple[Iterator[tuple[int, Any]], int | None, li
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DataError(str(path), [(0, f"invalid JSON array: {err}")]) from None
-        return iter(enumerate(data)), len(data), []
+        return iter(enumerate(data)), len(data)
 
     def lines() -> Iterator[tuple[int, Any]]:
         with path.open("r", encoding="utf-8") as handle:
@@ -114,7 +114,7 @@ def _read_records(path: Path) -> tuple[Iterator[tuple[int, Any]], int | None, li
                 except json.JSONDecodeError as err:
                     yield number, RecordError(f"invalid JSON: {err}")
 
-    return lines(), None, []
+    return lines(), None
 
 
 def _progress(items: Iterable[Any], total: int | None, desc: str, progress: bool | None) -> Iterable[Any]:
@@ -312,7 +312,7 @@ def load_xlam(
 ) -> tuple[list[Example], LoadReport]:
     """Load an xlam-format JSON array or JSONL file; bad records are reported and skipped."""
     path = Path(path)
-    records, total, _ = _read_records(path)
+    records, total = _read_records(path)
     return _collect(_progress(records, total, f"load {path.name}", progress), parse_xlam_record, str(path), strict)
 
 
@@ -471,8 +471,8 @@ def load_bfcl(
         raise ValueError(f"{question_path}: no possible_answer file given; pass no_call=True for irrelevance data")
     answers: dict[str, Any] = {}
     if answer_path is not None:
-        answer_records, _, _ = _read_records(Path(answer_path))
-        for position, record in answer_records:
+        answer_records, _ = _read_records(Path(answer_path))
+        for _position, record in answer_records:
             if isinstance(record, dict) and "id" in record:
                 answers[str(record["id"])] = record.get("ground_truth")
             # An unreadable answer line surfaces as "no possible answer" on its question.
@@ -485,7 +485,7 @@ def load_bfcl(
             raise RecordError(f"id {record_id!r}: no possible answer")
         return parse_bfcl_record(record, answers[record_id])
 
-    records, total, _ = _read_records(question_path)
+    records, total = _read_records(question_path)
     return _collect(_progress(records, total, f"load {question_path.name}", progress), parse, str(question_path), strict)
 
 
