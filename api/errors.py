@@ -6,17 +6,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from hyfunc.store.submissions import SubmissionError
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class ApiError(SubmissionError):
+    """An error answered as {"detail": message} with the given status."""
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    @app.exception_handler(SubmissionError)
+    async def _api_error(_: Request, err: SubmissionError) -> JSONResponse:
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
     @app.exception_handler(RequestValidationError)

@@ -1,14 +1,12 @@
-"""Service limits from config.limits. Every violation is a 4xx whose message names the
-limit, raised before anything is stored or enqueued."""
+"""The body-size limit (limits.max_body_bytes), enforced before a route parses anything.
+
+The other limits are checked in hyfunc.store.submissions, shared with every producer."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from hyfunc.config import LimitsConfig
 
 
 def too_large_message(size: int, limit: int) -> str:
@@ -68,21 +66,3 @@ class BodySizeLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-def query_problem(query: Any, limits: LimitsConfig) -> str | None:
-    if isinstance(query, str) and len(query) > limits.max_query_chars:
-        return f"query is {len(query)} characters; limit limits.max_query_chars is {limits.max_query_chars}"
-    return None
-
-
-def tools_problem(count: int, limits: LimitsConfig) -> str | None:
-    if count > limits.max_tools_per_request:
-        return f"{count} tools; limit limits.max_tools_per_request is {limits.max_tools_per_request}"
-    return None
-
-
-def batch_problem(count: int, limits: LimitsConfig) -> str | None:
-    if count > limits.max_batch_size:
-        return f"batch has {count} jobs; limit limits.max_batch_size is {limits.max_batch_size}"
-    return None

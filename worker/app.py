@@ -9,15 +9,17 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery, signals
 from celery_batches import Batches, SimpleRequest
+from sqlalchemy.orm import Session
 
 from hyfunc.config import HyFuncConfig, load_config
 from hyfunc.store.db import session_factory, transaction
-from hyfunc.store.jobs import stale_jobs
+from hyfunc.store.jobs import NewJob, create_jobs, stale_jobs
 
 RUN_TASK = "hyfunc.run_jobs"
 SWEEP_TASK = "hyfunc.sweep"
@@ -64,6 +66,24 @@ def enqueue(app: Celery, job_ids: Iterable[Any], queue: str | None = None) -> in
             app.send_task(RUN_TASK, args=[str(job_id)], queue=queue, producer=producer)
             n += 1
     return n
+
+
+def submit_jobs(
+    app: Celery, session: Session, tenant_id: int, new_jobs: Sequence[NewJob], queue: str | None = None
+) -> list[uuid.UUID]:
+    """The producer's two steps: store the jobs (one commit), then enqueue their ids.
+
+    The rows are committed before the messages go out, so a worker never receives an id
+    it cannot find; if the broker is down the jobs stay queued and the sweeper sends them.
+    """
+    jobs = create_jobs(session, tenant_id, new_jobs)
+    ids = [j.id for j in jobs]
+    session.commit()
+    try:
+        enqueue(app, ids, queue)
+    except Exception:  # noqa: BLE001 - stored jobs are not lost: the sweeper re-enqueues them
+        log.exception("enqueue of %d jobs failed; the sweeper will send them after the lease", len(ids))
+    return ids
 
 
 def _register_tasks(app: Celery, config: HyFuncConfig) -> None:

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.limits import batch_problem
 from api.schemas import ReplayAccepted, ReplayIn
 from hyfunc.store.replay import create_replay, get_replay, replay_report, select_jobs
+from hyfunc.store.submissions import batch_problem
 from worker.app import enqueue
 
 router = APIRouter(prefix="/v1/replays", tags=["replays"])

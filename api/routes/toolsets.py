@@ -6,10 +6,10 @@ from fastapi import APIRouter, Response
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.limits import tools_problem
 from api.schemas import ToolsetIn, ToolsetOut
 from hyfunc.schema import RequestError, parse_request
 from hyfunc.store.models import Toolset
+from hyfunc.store.submissions import tools_problem
 from hyfunc.store.toolsets import get_toolset, put_toolset
 
 router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"])

@@ -34,49 +34,44 @@ def ensure_schema(url: str) -> None:
         raise RuntimeError(f"database {url} has no HyFunc schema; run `hyfunc db upgrade` first")
 
 
-def record_results(
+def record_finished_jobs(
     session: Session,
     tenant_id: int,
-    requests: Sequence[CallRequest],
-    results: Sequence[CallResult],
+    pairs: Sequence[tuple[CallRequest, CallResult]],
     *,
     model_versions: dict[str, str] | None = None,
     worker: str = "embedded",
 ) -> list[uuid.UUID]:
-    if len(requests) != len(results):
-        raise ValueError(f"{len(requests)} requests but {len(results)} results")
+    """Insert (request, result) pairs as jobs that ran in one batch, through the same
+    claim/finish writes a worker makes, so the rows look exactly like service traffic."""
     jobs = create_jobs(
         session,
         tenant_id,
-        [NewJob(query=r.query, tools=[t.to_json() for t in r.tools], client_id=r.id) for r in requests],
+        [NewJob(query=r.query, tools=[t.to_json() for t in r.tools], client_id=r.id) for r, _ in pairs],
     )
     now = utcnow()
     batch_id = uuid.uuid4()
     for job in jobs:
-        # Walk the same states a worker would, so the row is indistinguishable from service traffic.
         job.status, job.worker, job.batch_id, job.started_at, job.attempts = "running", worker, batch_id, now, 1
     session.flush()
-    for job, result in zip(jobs, results, strict=True):
+    for job, (_, result) in zip(jobs, pairs, strict=True):
         finish_job(session, job, batch_id, result, model_versions=model_versions or {}, batch_size=len(jobs))
     return [j.id for j in jobs]
 
 
-def record_run(
+def record_results(
     config: HyFuncConfig,
-    requests: Sequence[CallRequest],
-    results: Sequence[CallResult],
-    *,
+    pairs: Sequence[tuple[CallRequest, CallResult]],
     model_versions: dict[str, str] | None = None,
+    *,
     tenant: str = LOCAL_TENANT,
 ) -> list[uuid.UUID]:
-    """Record an embedded run's (request, result) pairs as finished jobs in config.store.url.
-
-    Returns the job ids. Does nothing (returns []) when store.record_runs is off.
-    """
-    if not config.store.record_runs or not requests:
+    """Record an embedded run (`hyfunc run`) in config.store.url as finished jobs of the
+    tenant `local`; returns the job ids ([] when store.record_runs is off)."""
+    if not config.store.record_runs or not pairs:
         return []
     ensure_schema(config.store.url)
     factory = session_factory(config.store.url)
     with transaction(factory) as session:
         tenant_row = get_or_create_tenant(session, tenant)
-        return record_results(session, tenant_row.id, requests, results, model_versions=model_versions)
+        return record_finished_jobs(session, tenant_row.id, pairs, model_versions=model_versions)
