@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 # States of the JSON number grammar: -?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?
 _START, _MINUS, _ZERO, _INT, _DOT, _FRAC, _E, _ESIGN, _EXP, _DEAD = range(10)
 _ACCEPTING = {_ZERO, _INT, _FRAC, _EXP}
@@ -45,6 +47,18 @@ def is_number_prefix(text: str, integer: bool) -> bool:
 
 def is_complete_number(text: str, integer: bool) -> bool:
     return number_state(text, integer) in _ACCEPTING
+
+
+def is_finite_number_prefix(text: str, integer: bool) -> bool:
+    """A valid prefix that does not already overflow a double ("1e999" parses to inf, which is not JSON).
+
+    More exponent digits only make an overflow worse, so rejecting the first overflowing token
+    keeps every completion finite.
+    """
+    state = number_state(text, integer)
+    if state == _DEAD:
+        return False
+    return not (state in _ACCEPTING and math.isinf(float(text)))
 
 
 def completion_digit(text: str, integer: bool) -> str:

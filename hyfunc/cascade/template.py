@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from hyfunc.cascade.numbers import completion_digit, is_complete_number, is_number_prefix
+from hyfunc.cascade.numbers import completion_digit, is_complete_number, is_finite_number_prefix
 from hyfunc.cascade.vocab import VocabConstraints
 from hyfunc.schema import Call, ParamSchema, Tool
 
@@ -167,7 +167,8 @@ class TemplateMachine:
 
     def _answer(self, candidates: list[Tool], gold: list[Call] | None) -> Program:
         calls: list[Call] = []
-        name_options = [self.encode(tool.name + '"') for tool in candidates]
+        # The name sits inside a JSON string: escape it (a control character would break the JSON).
+        name_options = [self.encode(json.dumps(tool.name, ensure_ascii=False)[1:]) for tool in candidates]
         by_name = {tool.name: i for i, tool in enumerate(candidates)}
         yield Inject(self.encode(CALL_OPEN))
         while True:
@@ -320,7 +321,7 @@ class TemplateMachine:
                     text += fill
                 break
             allowed: set[int] = set()
-            numeric = {tid for tid, s in vocab.number_tokens.items() if is_number_prefix(text + s, integer)}
+            numeric = {tid for tid, s in vocab.number_tokens.items() if is_finite_number_prefix(text + s, integer)}
             allowed |= numeric
             if not text and alt_ids:
                 allowed |= {ids[0] for ids in alt_ids}
