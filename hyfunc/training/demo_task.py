@@ -293,7 +293,7 @@ def _distractors(rng: random.Random, exclude: set[str], domain: str | None, coun
         picked += rng.sample(near, min(len(near), rng.randint(1, 2)))
     rest = [n for n in others if n not in picked]
     picked += rng.sample(rest, max(0, count - len(picked)))
-    return picked[:count] if len(picked) > count else picked
+    return picked[:count]
 
 
 def _no_call(rng: random.Random, split: Split, sampler: _Sampler) -> tuple[str, list[str], str | None]:
