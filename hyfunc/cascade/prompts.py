@@ -44,9 +44,33 @@ def lms_shared_prefix() -> str:
     return f"<|im_start|>system\n{LMS_SYSTEM}\n<tools>\n"
 
 
+def _type_signature(schema) -> str:
+    if schema.enum is not None:
+        return "|".join(json.dumps(v, ensure_ascii=False) for v in schema.enum)
+    if schema.type == "array":
+        return f"array[{_type_signature(schema.items)}]" if schema.items is not None else "array"
+    if schema.type == "object" and schema.properties:
+        inner = ", ".join(
+            f"{name}{'' if name in (schema.required or []) else '?'}: {_type_signature(sub)}"
+            for name, sub in schema.properties.items()
+        )
+        return "{" + inner + "}"
+    return schema.type or "any"
+
+
+def compact_schema(tool: Tool) -> str:
+    """One line per tool: name, description, and each parameter's type, enum and whether it is
+    optional (`?`). The LMS only needs what it must fill in; the full JSON Schema would triple
+    the prompt, and every prompt token is prefill time."""
+    params = tool.function.parameters
+    signature = _type_signature(params) if params.properties else "{}"
+    description = tool.function.description.split(". ")[0].strip().rstrip(".")
+    return f"{tool.name}{signature} - {description}" if description else f"{tool.name}{signature}"
+
+
 def lms_job_prompt(query: str, candidates: list[Tool], soft_tokens: int) -> str:
     """Job-specific LMS prompt: candidate schemas, the query, the soft-token slots, the answer start."""
-    schemas = "\n".join(json.dumps(t.to_json()["function"], ensure_ascii=False, separators=(",", ":")) for t in candidates)
+    schemas = "\n".join(compact_schema(t) for t in candidates)
     return (
         f"{schemas}\n</tools><|im_end|>\n"
         f"<|im_start|>user\n{query}{SOFT_TOKEN * soft_tokens}<|im_end|>\n<|im_start|>assistant\n"

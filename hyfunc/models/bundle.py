@@ -66,6 +66,24 @@ class Manifest:
         (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_part(directory: Path, value: str) -> Path:
+    """A part path is relative to the models directory, or `package:NAME/sub/dir` for a model
+    shipped inside an installed Python package (e.g. the pretrained all-MiniLM-L6-v2 encoder),
+    so a models directory need not carry a copy of a large pretrained checkpoint."""
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        package, _, sub = value[len(PACKAGE_PREFIX) :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelsError(f"model part {value!r} needs the Python package {package!r}; pip install it")
+        return Path(list(spec.submodule_search_locations)[0]) / sub
+    return directory / value
+
+
 def save_module(module: nn.Module, config: dict[str, Any], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -100,7 +118,7 @@ def stamp_versions(directory: Path) -> Manifest:
     """Recompute the part versions after writing weights, and save them in the manifest."""
     manifest = Manifest.read(directory)
     manifest.versions = {
-        part: directory_version(directory / getattr(manifest, f"{part}_path"))
+        part: directory_version(resolve_part(directory, getattr(manifest, f"{part}_path")))
         for part in ("intent", "lms", "retriever", "projector")
     }
     manifest.write(directory)
@@ -139,23 +157,23 @@ class ModelBundle:
         torch_dtype = DTYPES[dtype]
         torch_device = torch.device(device)
         for part in ("intent", "lms", "retriever", "projector"):
-            if not (directory / getattr(manifest, f"{part}_path")).is_dir():
+            if not resolve_part(directory, getattr(manifest, f"{part}_path")).is_dir():
                 raise ModelsError(f"{directory}: missing the {part} directory {getattr(manifest, f'{part}_path')!r}")
-        intent_dir = directory / manifest.intent_path
+        intent_dir = resolve_part(directory, manifest.intent_path)
         intent_tokenizer = AutoTokenizer.from_pretrained(str(intent_dir))
         if manifest.intent_kind == "causal":
             intent_model = AutoModelForCausalLM.from_pretrained(str(intent_dir), dtype=torch_dtype)
         else:
             intent_model = AutoModel.from_pretrained(str(intent_dir), dtype=torch_dtype)
-        lms_dir = directory / manifest.lms_path
+        lms_dir = resolve_part(directory, manifest.lms_path)
         lms_tokenizer = AutoTokenizer.from_pretrained(str(lms_dir))
         if SOFT_TOKEN not in lms_tokenizer.get_vocab():
             # Real checkpoints lack the placeholder; its embedding is always replaced, so the
             # id may lie past the embedding table.
             lms_tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]})
         lms = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch_dtype)
-        retriever = load_retriever(directory / manifest.retriever_path)
-        projector = load_projector(directory / manifest.projector_path)
+        retriever = load_retriever(resolve_part(directory, manifest.retriever_path))
+        projector = load_projector(resolve_part(directory, manifest.projector_path))
         for module in (intent_model, lms, retriever, projector):
             module.to(torch_device).eval()
         retriever.to(torch.float32)

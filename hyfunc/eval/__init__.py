@@ -1,0 +1,1 @@
+"""Evaluation: the demo task, BFCL, and benchmarks."""

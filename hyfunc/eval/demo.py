@@ -1,0 +1,25 @@
+"""`hyfunc eval demo`: the shipped models on the demo task's held-out split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm import tqdm
+
+from hyfunc.eval.scoring import Scoreboard
+from hyfunc.schema import CallRequest
+
+
+def evaluate_demo(cascade, n: int = 400, seed: int = 1, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+    from hyfunc.training.demo_task import generate_demo_examples
+
+    examples = generate_demo_examples("heldout", n, seed)
+    board = Scoreboard()
+    for start in tqdm(range(0, len(examples), batch_size), desc="eval demo", disable=not progress):
+        chunk = examples[start : start + batch_size]
+        requests = [CallRequest(id=str(start + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)]
+        for ex, result in zip(chunk, cascade.run(requests), strict=True):
+            board.add(ex.query, ex.tools, ex.answers, result.calls, result.error)
+    metrics = board.metrics()
+    metrics["mismatches"] = board.mismatches[:10]
+    return metrics

@@ -1,0 +1,1 @@
+"""Training: embeddings, retriever (InfoNCE), projector + LMS (selective SFT), demo recipe."""

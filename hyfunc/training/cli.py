@@ -1,0 +1,120 @@
+"""`hyfunc train …` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_demo.yaml"
+
+
+def _recipe(path: str | None, overrides: dict | None = None):
+    from hyfunc.cli import CliError
+    from hyfunc.training.pipeline import Recipe
+
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise CliError(f"training config {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise CliError(f"{p}: not valid YAML: {err}") from None
+        data = loaded.get("training", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(data, dict):
+            raise CliError(f"{p}: expected a mapping (optionally under 'training:')")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Recipe.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"training config: {err}") from None
+
+
+def cmd_train_all(args: argparse.Namespace) -> int:
+    from hyfunc.training.pipeline import train_all
+
+    recipe = _recipe(args.config, {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
+    report = train_all(recipe)
+    print(json.dumps({k: v for k, v in report.items() if k != "recipe"}, indent=2, default=str))
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    """The shipped demo models: the whole recipe, then the held-out evaluation and the model card."""
+    import time
+
+    from hyfunc.training.model_card import write_model_card
+    from hyfunc.training.pipeline import train_all
+
+    started = time.time()
+    recipe = _recipe(str(DEMO_CONFIG), {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
+    report = train_all(recipe)
+    from hyfunc.cascade.engine import Cascade
+    from hyfunc.config import CascadeConfig
+    from hyfunc.eval.demo import evaluate_demo
+    from hyfunc.models.bundle import ModelBundle
+
+    cascade = Cascade(ModelBundle.load(recipe.out_dir), CascadeConfig(top_k=recipe.top_k), None)
+    metrics = evaluate_demo(cascade, n=recipe.n_heldout, seed=recipe.seed + 1)
+    report["heldout"] = {k: v for k, v in metrics.items() if k != "mismatches"}
+    report["total_seconds"] = round(time.time() - started, 1)
+    write_model_card(Path(recipe.out_dir), report, "hyfunc train demo")
+    print(json.dumps(report["heldout"], indent=2))
+    print(f"total {report['total_seconds']} s")
+    return 0
+
+
+def _stage_command(stage: str):
+    def run(args: argparse.Namespace) -> int:
+        from hyfunc.training import pipeline
+
+        recipe = _recipe(args.config, {"work_dir": args.work_dir, "device": args.device})
+        train, heldout = pipeline.load_data(recipe)
+        work = Path(recipe.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        intent = pipeline.load_intent(recipe, recipe.device)
+        from hyfunc.training.embed import EmbeddingCache, embed_all
+
+        cache = EmbeddingCache(work / "embeddings")
+        embed_all(intent, cache, [ex.query for ex in train + heldout], [t for ex in train + heldout for t in ex.tools])
+        if stage == "embed":
+            print(f"embeddings cached under {work / 'embeddings'}: {len(cache.vectors)} vectors")
+            return 0
+        # retriever and lms: the pipeline runs them (and skips what is done)
+        if stage == "lms" and not (work / "retriever.done").exists():
+            print("the lms stage needs the retriever: running it first")
+        report = pipeline.train_all(recipe)
+        print(json.dumps(report.get(stage if stage != "lms" else "lms"), indent=2, default=str))
+        return 0
+
+    return run
+
+
+def add_train_commands(sub) -> None:
+    train = sub.add_parser("train", help="training pipeline")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    for name, help_text in (
+        ("embed", "LML soft tokens and function embeddings, cached and resumable"),
+        ("retriever", "InfoNCE retriever; recall@1/@k; relevance threshold"),
+        ("lms", "projector + LMS with selective SFT"),
+    ):
+        p = tsub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="training YAML (default: the demo recipe)", default=str(DEMO_CONFIG))
+        p.add_argument("--work-dir")
+        p.add_argument("--device")
+        p.set_defaults(func=_stage_command(name))
+    everything = tsub.add_parser("all", help="the whole recipe from one config")
+    everything.add_argument("--config", required=True)
+    everything.add_argument("--out")
+    everything.add_argument("--work-dir")
+    everything.add_argument("--device")
+    everything.set_defaults(func=cmd_train_all)
+    demo = tsub.add_parser("demo", help="reproduce the shipped demo models (models/demo)")
+    demo.add_argument("--out")
+    demo.add_argument("--work-dir")
+    demo.add_argument("--device")
+    demo.set_defaults(func=cmd_train_demo)

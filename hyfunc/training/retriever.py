@@ -1,0 +1,145 @@
+"""`hyfunc train retriever`: InfoNCE on (soft token, function embedding) pairs.
+
+Negatives: every other positive in the batch (in-batch) plus each record's other candidate
+tools (hard negatives). Reports recall@1 / recall@k over each held-out record's candidates and
+calibrates the relevance threshold on held-out data that includes queries no tool fits.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from hyfunc.cascade.retriever import Retriever, RetrieverConfig, info_nce_loss
+from hyfunc.training.data import Example
+from hyfunc.training.embed import EmbeddingCache, query_vectors, tool_vectors
+
+
+@dataclass
+class RetrieverReport:
+    recall_at_1: float
+    recall_at_k: float
+    k: int
+    threshold: float
+    gate_accuracy: float  # call vs no-call decided by the threshold, on held-out
+    final_loss: float
+
+
+def _pairs(examples: list[Example]) -> list[tuple[int, int]]:
+    """(example index, gold tool index) for every gold call."""
+    out = []
+    for i, ex in enumerate(examples):
+        names = [t.name for t in ex.tools]
+        for call in ex.answers:
+            out.append((i, names.index(call.name)))
+    return out
+
+
+def train_retriever(
+    examples: list[Example],
+    cache: EmbeddingCache,
+    config: RetrieverConfig,
+    steps: int = 400,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Retriever, float]:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = Retriever(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    pairs = _pairs(examples)
+    if not pairs:
+        raise ValueError("no examples with gold calls to train the retriever on")
+    loss_value = float("nan")
+    for _ in tqdm(range(steps), desc="retriever", disable=not progress):
+        batch = rng.sample(pairs, min(batch_size, len(pairs)))
+        pool: dict[str, int] = {}
+        pool_tools = []
+        for i, _ in batch:
+            for tool in examples[i].tools:
+                h = tool.content_hash()
+                if h not in pool:
+                    pool[h] = len(pool_tools)
+                    pool_tools.append(tool)
+        q = model.encode_queries(query_vectors(cache, [examples[i].query for i, _ in batch]))
+        k = model.encode_keys(tool_vectors(cache, pool_tools))
+        positive = torch.tensor([pool[examples[i].tools[t].content_hash()] for i, t in batch])
+        valid = torch.ones(len(batch), len(pool_tools), dtype=torch.bool)
+        for row, (i, t) in enumerate(batch):
+            # another gold tool of the same multi-call query is not a negative
+            for call in examples[i].answers:
+                other = next(tool for tool in examples[i].tools if tool.name == call.name)
+                if other.name != examples[i].tools[t].name:
+                    valid[row, pool[other.content_hash()]] = False
+        loss = info_nce_loss(q, k, positive, config.temperature, valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.item())
+    return model.eval(), loss_value
+
+
+@torch.no_grad()
+def best_scores(model: Retriever, examples: list[Example], cache: EmbeddingCache) -> list[list[float]]:
+    """Each example's candidate scores (in its tools' order)."""
+    q = model.encode_queries(query_vectors(cache, [ex.query for ex in examples]))
+    out = []
+    for row, ex in enumerate(examples):
+        k = model.encode_keys(tool_vectors(cache, ex.tools))
+        out.append((k @ q[row]).tolist())
+    return out
+
+
+def evaluate_retriever(model: Retriever, examples: list[Example], cache: EmbeddingCache, k: int) -> tuple[float, float, float, float]:
+    """recall@1, recall@k over gold calls, and the calibrated threshold with its gate accuracy."""
+    scores = best_scores(model, examples, cache)
+    hits1 = hitsk = total = 0
+    call_best, none_best = [], []
+    for ex, s in zip(examples, scores, strict=True):
+        order = sorted(range(len(s)), key=lambda j: -s[j])
+        names = [ex.tools[j].name for j in order]
+        if ex.answers:
+            call_best.append(max(s))
+            gold = {c.name for c in ex.answers}
+            top_needed = len(gold)
+            for name in gold:
+                total += 1
+                hits1 += name in names[:top_needed]
+                hitsk += name in names[: max(k, top_needed)]
+        else:
+            none_best.append(max(s))
+    threshold, accuracy = calibrate_threshold(call_best, none_best)
+    return hits1 / max(total, 1), hitsk / max(total, 1), threshold, accuracy
+
+
+def calibrate_threshold(call_scores: list[float], none_scores: list[float]) -> tuple[float, float]:
+    """The threshold that best separates 'some tool fits' from 'none fits' (midpoint of the best gap)."""
+    if not none_scores:
+        return (min(call_scores) - 1e-3 if call_scores else -1.0), 1.0
+    labelled = sorted([(s, 1) for s in call_scores] + [(s, 0) for s in none_scores])
+    n = len(labelled)
+    best = (-1.0, labelled[0][0] - 1e-3)
+    # threshold below position i: everything from i on is "call"
+    calls_above = sum(label for _, label in labelled)
+    nones_below = 0
+    for i in range(n + 1):
+        correct = calls_above + nones_below
+        if i == 0:
+            t = labelled[0][0] - 1e-3
+        elif i == n:
+            t = labelled[-1][0] + 1e-3
+        else:
+            t = (labelled[i - 1][0] + labelled[i][0]) / 2
+        if correct / n > best[0]:
+            best = (correct / n, t)
+        if i < n:
+            if labelled[i][1] == 1:
+                calls_above -= 1
+            else:
+                nones_below += 1
+    return best[1], best[0]
