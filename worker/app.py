@@ -46,7 +46,6 @@ def create_app(config: HyFuncConfig | None = None) -> Celery:
         # and a redelivered finished job is a no-op, so it only needs to outlast a batch.
         broker_transport_options={"visibility_timeout": max(wc.lease_seconds, 60)},
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
         beat_schedule={
             "hyfunc-sweep": {"task": SWEEP_TASK, "schedule": wc.sweep_interval, "options": {"queue": wc.queue}},
         },

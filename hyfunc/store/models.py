@@ -183,7 +183,7 @@ class Job(Base):
     passes_lml: Mapped[int | None] = mapped_column(Integer)
     passes_lms: Mapped[int | None] = mapped_column(Integer)
 
-    toolset: Mapped[Toolset | None] = relationship()
+    toolset: Mapped[Toolset | None] = relationship(lazy="joined")  # job_to_dict names it
     feedback: Mapped[list[Feedback]] = relationship(back_populates="job", order_by="Feedback.created_at")
 
 

@@ -1,0 +1,41 @@
+"""Batch runners for the worker tests, loaded by the worker subprocess through
+HYFUNC_WORKER_RUNNER=tests.service.runners:fault_injecting_cascade.
+
+It is the real Cascade (tiny models) with two test hooks: a query containing
+POISON_MARK makes the batch raise (the cascade itself shrugs off every malformed schema
+we tried), and HYFUNC_TEST_BATCH_DELAY slows each batch so a test can kill the worker
+while a batch is in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hyfunc.cascade import Cascade
+from hyfunc.config import HyFuncConfig
+from hyfunc.schema import CallRequest, CallResult
+
+POISON_MARK = "@@poison@@"
+
+
+class FaultInjectingCascade:
+    def __init__(self, config: HyFuncConfig):
+        self.cascade = Cascade.load(config)
+        self.delay = float(os.environ.get("HYFUNC_TEST_BATCH_DELAY", "0"))
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return self.cascade.model_versions
+
+    def run(self, requests: list[CallRequest]) -> list[CallResult]:
+        poisoned = [r.id for r in requests if POISON_MARK in r.query]
+        if poisoned:
+            raise RuntimeError(f"poison job in batch: {poisoned}")
+        if self.delay:
+            time.sleep(self.delay)
+        return self.cascade.run(requests)
+
+
+def fault_injecting_cascade(config: HyFuncConfig) -> FaultInjectingCascade:
+    return FaultInjectingCascade(config)
