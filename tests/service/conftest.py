@@ -26,7 +26,7 @@ from hyfunc.config import HyFuncConfig, load_config  # noqa: E402
 PG_ADMIN_URL = os.environ.get("HYFUNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("HYFUNC_TEST_REDIS", "redis://127.0.0.1:6379")
 RABBIT_URL = os.environ.get("HYFUNC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
-RUNNER = "tests.service.runners:fault_injecting_cascade"
+RUNNER = "runners:fault_injecting_cascade"  # tests/service is on the worker's PYTHONPATH
 
 WEATHER = {
     "type": "function",
@@ -155,7 +155,7 @@ def write_config(path: Path, **sections: dict[str, Any]) -> tuple[HyFuncConfig, 
 class WorkerProcess:
     def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None, beat: bool = False):
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HYFUNC_WORKER_RUNNER": RUNNER, **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{Path(__file__).parent}", "HYFUNC_WORKER_RUNNER": RUNNER, **(env or {})}
         for key in ("HYFUNC_DATABASE_URL", "HYFUNC_BROKER_URL", "HYFUNC_QUEUE", "HYFUNC_MODELS_DIR"):
             full_env.pop(key, None)  # the test's config file is the only source
         cmd = [sys.executable, "-m", "hyfunc.cli", "worker", "--config", str(config_path), "--loglevel", "info",
@@ -180,6 +180,9 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.log.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -1,5 +1,5 @@
 """Batch runners for the worker tests, loaded by the worker subprocess through
-HYFUNC_WORKER_RUNNER=tests.service.runners:fault_injecting_cascade.
+HYFUNC_WORKER_RUNNER=runners:fault_injecting_cascade (tests/service on PYTHONPATH).
 
 It is the real Cascade (tiny models) with two test hooks: a query containing
 POISON_MARK makes the batch raise (the cascade itself shrugs off every malformed schema
