@@ -7,6 +7,7 @@ token prefix whose KV is computed once per process; everything job-specific foll
 from __future__ import annotations
 
 import json
+import re
 
 from hyfunc.schema import Tool
 
@@ -20,11 +21,22 @@ LMS_SYSTEM = (
 )
 
 
+_MARKUP = re.compile(r"<(?=\|)|<(?=/?(?:tool_call|tool_response|think)>)")
+
+
+def plain(text: str) -> str:
+    """User-supplied text (queries, tool names and descriptions) as plain text: special-token markup
+    in it is broken with a zero-width space, so the tokenizer never reads it as a special token.
+    A literal "<|soft|>" would otherwise claim a soft-token slot and fail the whole batch, and
+    "<|im_end|>" would end the user turn. Text without such markup is unchanged."""
+    return _MARKUP.sub("<\u200b", text)
+
+
 def intent_prompt(query: str) -> str:
     """LML prompt: system + query, never the tool library; the answer would begin at the end."""
     return (
         f"<|im_start|>system\n{INTENT_SYSTEM}<|im_end|>\n"
-        f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
+        f"<|im_start|>user\n{plain(query)}<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -36,7 +48,7 @@ def tool_text(tool: Tool) -> str:
         kind = schema.type or "any"
         desc = f" - {schema.description}" if schema.description else ""
         parts.append(f"{name} ({kind}){desc}")
-    return "\n".join(parts)
+    return plain("\n".join(parts))
 
 
 def lms_shared_prefix() -> str:
@@ -70,8 +82,8 @@ def compact_schema(tool: Tool) -> str:
 
 def lms_job_prompt(query: str, candidates: list[Tool], soft_tokens: int) -> str:
     """Job-specific LMS prompt: candidate schemas, the query, the soft-token slots, the answer start."""
-    schemas = "\n".join(compact_schema(t) for t in candidates)
+    schemas = plain("\n".join(compact_schema(t) for t in candidates))
     return (
         f"{schemas}\n</tools><|im_end|>\n"
-        f"<|im_start|>user\n{query}{SOFT_TOKEN * soft_tokens}<|im_end|>\n<|im_start|>assistant\n"
+        f"<|im_start|>user\n{plain(query)}{SOFT_TOKEN * soft_tokens}<|im_end|>\n<|im_start|>assistant\n"
     )

@@ -40,6 +40,7 @@ CALL_NEXT = '\n<tool_call>\n{"name": "'
 ARGS_OPEN = ', "arguments": '
 CALL_CLOSE = "}\n</tool_call>"
 END_OF_ANSWER = "<|im_end|>"
+_TEMPLATE_TEXTS = frozenset({CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER})
 
 
 @dataclass
@@ -107,7 +108,11 @@ class TemplateMachine:
     def encode(self, text: str) -> list[int]:
         ids = self._encode_cache.get(text)
         if ids is None:
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            # Only the template's own texts contain special tokens; names, keys and values taken
+            # from schemas or gold answers are plain text even when they look like "<|soft|>".
+            ids = self.tokenizer.encode(
+                text, add_special_tokens=False, split_special_tokens=text not in _TEMPLATE_TEXTS
+            )
             self._encode_cache[text] = ids
         return ids
 
