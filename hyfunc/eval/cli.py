@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def cmd_eval_demo(args: argparse.Namespace) -> int:
@@ -32,6 +33,57 @@ def cmd_eval_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_cascade(args: argparse.Namespace):
+    from hyfunc.cascade import Cascade
+    from hyfunc.cli import CliError
+    from hyfunc.config import ConfigError, load_config
+    from hyfunc.models.bundle import ModelsError
+
+    try:
+        config = load_config(args.config, {"models.dir": args.models} if args.models else None)
+        return Cascade.load(config)
+    except (ConfigError, ModelsError) as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_eval_bfcl(args: argparse.Namespace) -> int:
+    from hyfunc.cli import CliError
+    from hyfunc.eval.bfcl import BfclUnavailable, evaluate_bfcl
+
+    cascade = _load_cascade(args)
+    out = Path(args.out) if args.out else None
+    try:
+        results = evaluate_bfcl(cascade, args.categories, limit=args.limit, out_dir=out,
+                                progress=not args.json, log=(lambda _m: None) if args.json else print)
+    except (BfclUnavailable, FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from None
+    overall = results["overall"]
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"{'overall':>22}: {overall['accuracy_unweighted']:.2%} (unweighted mean of categories), "
+              f"{overall['accuracy_weighted']:.2%} weighted, n={overall['n']}")
+        if out:
+            print(f"raw outputs and results.json in {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hyfunc.bench.suite import KINDS, BenchOptions, run_bench
+
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    options = BenchOptions(
+        device=args.device, dtype=args.dtype, out=Path(args.out) if args.out else None,
+        per_category=args.per_category, throughput_jobs=args.throughput_jobs, service_jobs=args.service_jobs,
+        demo_models=Path(args.demo_models) if args.demo_models else None, demo_n=args.demo_n,
+        tokens_limit=args.tokens_limit, threads=args.threads,
+    )
+    report, out = run_bench(kinds, options, log=lambda m: print(m, file=sys.stderr))
+    print((out / "bench.md").read_text())
+    print(f"written: {out / 'bench.json'}, {out / 'bench.md'}", file=sys.stderr)
+    return 1 if report["errors"] else 0
+
+
 def add_eval_commands(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate the configured models")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
@@ -43,3 +95,28 @@ def add_eval_commands(sub) -> None:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--show", type=int, default=5, help="mismatches to print")
     demo.set_defaults(func=cmd_eval_demo)
+
+    bfcl = ev_sub.add_parser("bfcl", help="BFCL v4 accuracy with the official AST checker (extra `bfcl`)")
+    bfcl.add_argument("--categories", nargs="+", default=["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"],
+                      help="single-turn BFCL v4 categories (default: %(default)s)")
+    bfcl.add_argument("--limit", type=int, help="first N examples per category")
+    bfcl.add_argument("--out", help="write raw outputs and results.json here")
+    bfcl.add_argument("--models", help="models directory (default: the config's models.dir)")
+    bfcl.add_argument("--config")
+    bfcl.add_argument("--json", action="store_true", help="print one JSON object")
+    bfcl.set_defaults(func=cmd_eval_bfcl)
+
+    bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
+    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "all"])
+    bench.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       help="default bfloat16 on cuda, float32 on cpu")
+    bench.add_argument("--out", help="report directory (default runs/bench/<timestamp>/)")
+    bench.add_argument("--per-category", type=int, default=5, help="BFCL inputs per category for latency (default 5)")
+    bench.add_argument("--throughput-jobs", type=int, default=32, help="jobs per batch size (default 32)")
+    bench.add_argument("--service-jobs", type=int, default=64, help="jobs for the service run (default 64)")
+    bench.add_argument("--demo-models", help="trained demo models (default models/demo when present)")
+    bench.add_argument("--demo-n", type=int, default=32, help="demo held-out inputs (default 32)")
+    bench.add_argument("--tokens-limit", type=int, default=0, help="BFCL examples per category for tokens (0 = all)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
+    bench.set_defaults(func=cmd_bench)

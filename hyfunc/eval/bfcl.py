@@ -1,0 +1,216 @@
+"""`hyfunc eval bfcl`: the configured cascade on BFCL v4, scored by BFCL's own AST checker.
+
+Data: the single-turn categories shipped in the `bfcl-eval` package, read by our loader
+(hyfunc.training.data), which converts BFCL's schema dialect to JSON Schema for the cascade.
+Scoring: `bfcl_eval.eval_checker.ast_eval.ast_checker.ast_checker` on the *raw* BFCL function
+docs and possible answers (so the checker sees exactly what it sees in BFCL), with our calls
+as BFCL's decoded model output `[{name: {arg: value}}]`. Irrelevance categories are correct
+when the cascade returns no call; live_relevance when it returns at least one.
+
+Accuracy is printed per category and overall as BFCL summarises it (unweighted mean of the
+category accuracies), next to the count-weighted mean. Retriever-only metrics: recall@1 and
+recall@3 of the gold functions among each example's own candidates (examples with more than
+one tool), against a BM25 baseline (rank_bm25) ranking the same candidates by their text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from hyfunc.schema import CallRequest, CallResult
+
+DEFAULT_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+_ALIASES = {"simple": "simple_python", "java": "simple_java", "javascript": "simple_javascript"}
+
+
+class BfclUnavailable(RuntimeError):
+    """bfcl-eval is not installed (extra `bfcl`)."""
+
+
+def _checker():
+    try:
+        from bfcl_eval.constants.enums import Language
+        from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
+        from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
+    except ImportError as err:
+        raise BfclUnavailable(f"BFCL scoring needs the official checker: pip install 'hyfunc[bfcl]' ({err})") from None
+    # The checker looks the model up only to decide whether "." in names was rewritten to "_";
+    # our names are written verbatim, so any model that keeps dots will do.
+    model_name = next(k for k, v in MODEL_CONFIG_MAPPING.items() if not v.underscore_to_dot and "_" not in k)
+    return ast_checker, Language, model_name
+
+
+def _raw_records(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    from hyfunc.training.data import bfcl_data_dir
+
+    data = bfcl_data_dir()
+
+    def read(path: Path) -> dict[str, Any]:
+        out = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    out[str(rec["id"])] = rec
+        return out
+
+    return read(data / f"BFCL_v4_{stem}.json"), read(data / "possible_answer" / f"BFCL_v4_{stem}.json")
+
+
+def bfcl_output(result: CallResult) -> list[dict[str, Any]]:
+    """Our calls as BFCL's decoded AST output: [{func_name: {arg: value}}]."""
+    return [{call.name: dict(call.arguments)} for call in result.calls]
+
+
+def _language(stem: str, Language):
+    if stem.endswith("java"):
+        return Language.JAVA
+    if stem.endswith("javascript"):
+        return Language.JAVASCRIPT
+    return Language.PYTHON
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    # split snake_case and dotted names too: get_weather -> get, weather
+    return _WORD.findall(text.lower().replace("_", " ").replace(".", " "))
+
+
+def bm25_rank(query: str, tools: list) -> list[int]:
+    from rank_bm25 import BM25Okapi
+
+    from hyfunc.cascade.prompts import tool_text
+
+    corpus = [_words(tool_text(t)) or ["_"] for t in tools]
+    scores = BM25Okapi(corpus).get_scores(_words(query))
+    return sorted(range(len(tools)), key=lambda i: (-scores[i], i))
+
+
+def _recall(ranked_names: list[str], gold: set[str], k: int) -> float:
+    return len(set(ranked_names[:k]) & gold) / len(gold)
+
+
+def retriever_ranks(cascade, examples) -> list[list[str]]:
+    """The cascade's retriever ranking of every candidate of each example (no top-k cut)."""
+    import torch
+
+    with torch.inference_mode():
+        intent = cascade.intent.soft_tokens([ex.query for ex in examples])
+        cascade.index.ensure([t for ex in examples for t in ex.tools], cascade.intent.function_embeddings,
+                             cascade.bundle.retriever.encode_keys)
+        retriever = cascade.bundle.retriever
+        queries = retriever.encode_queries(intent.soft_tokens.to(next(retriever.parameters()).device))
+        k = max(len(ex.tools) for ex in examples)
+        hits = cascade.index.search(queries, [ex.tools for ex in examples], k)
+    return [[h.tool.name for h in row] for row in hits]
+
+
+def evaluate_bfcl(
+    cascade,
+    categories: list[str] | tuple[str, ...] = DEFAULT_CATEGORIES,
+    limit: int | None = None,
+    batch_size: int = 16,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from hyfunc.training.data import load_bfcl_category
+
+    ast_checker, Language, model_name = _checker()
+    results: dict[str, Any] = {"categories": {}, "model_versions": cascade.model_versions}
+    raw_out = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for category in categories:
+        stem = _ALIASES.get(category, category)
+        examples, load_report = load_bfcl_category(category, progress=False)
+        if limit:
+            examples = examples[:limit]
+        questions, answers = _raw_records(stem)
+        language = _language(stem, Language)
+        correct = errors = no_call = 0
+        rows: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        for s in tqdm(range(0, len(examples), batch_size), desc=f"bfcl {category}", disable=not progress, leave=False):
+            chunk = examples[s : s + batch_size]
+            requests = [CallRequest(id=ex.id, query=ex.query, tools=ex.tools) for ex in chunk]
+            for ex, res in zip(chunk, cascade.run(requests), strict=True):
+                output = bfcl_output(res)
+                if "irrelevance" in stem:
+                    ok, detail = not output, None if not output else "irrelevance_error: a call was made"
+                elif "relevance" in stem:
+                    ok, detail = bool(output), None if output else "relevance_error: no call"
+                else:
+                    q = questions.get(str(ex.id))
+                    a = answers.get(str(ex.id))
+                    if q is None or a is None:
+                        ok, detail = False, "record missing from the raw BFCL files"
+                    elif not output:
+                        ok, detail = False, res.error or res.no_call_reason or "no call"
+                    else:
+                        check = ast_checker(q["function"], output, a["ground_truth"], language, stem, model_name)
+                        ok, detail = bool(check["valid"]), None if check["valid"] else check.get("error")
+                correct += ok
+                errors += res.error is not None
+                no_call += not output
+                rows.append({
+                    "id": ex.id, "valid": ok, "result": output, "error": res.error,
+                    "no_call_reason": res.no_call_reason, "candidates": [c.model_dump() for c in res.candidates],
+                    "detail": detail, "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
+                })
+        seconds = time.perf_counter() - start
+        entry: dict[str, Any] = {
+            "n": len(examples),
+            "skipped_by_loader": len(load_report.errors),
+            "correct": correct,
+            "accuracy": round(correct / len(examples), 4) if examples else None,
+            "errors": errors,
+            "no_call": no_call,
+            "seconds": round(seconds, 1),
+        }
+        multi = [ex for ex in examples if len(ex.tools) > 1 and ex.answers]
+        if multi:
+            ranks = retriever_ranks(cascade, multi)
+            bm25 = [[ex.tools[i].name for i in bm25_rank(ex.query, ex.tools)] for ex in multi]
+            golds = [{c.name for c in ex.answers} for ex in multi]
+            entry["retrieval"] = {
+                "examples": len(multi),
+                "retriever_recall@1": round(sum(_recall(rk, g, 1) for rk, g in zip(ranks, golds, strict=True)) / len(multi), 4),
+                "retriever_recall@3": round(sum(_recall(rk, g, 3) for rk, g in zip(ranks, golds, strict=True)) / len(multi), 4),
+                "bm25_recall@1": round(sum(_recall(rk, g, 1) for rk, g in zip(bm25, golds, strict=True)) / len(multi), 4),
+                "bm25_recall@3": round(sum(_recall(rk, g, 3) for rk, g in zip(bm25, golds, strict=True)) / len(multi), 4),
+            }
+        if "irrelevance" in stem:
+            entry["no_call_accuracy"] = entry["accuracy"]
+        results["categories"][category] = entry
+        if out_dir is not None:
+            raw_out = out_dir / f"BFCL_v4_{stem}_result.json"
+            raw_out.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+        log(_line(category, entry))
+    cats = [v for v in results["categories"].values() if v["accuracy"] is not None]
+    total = sum(v["n"] for v in cats)
+    results["overall"] = {
+        "accuracy_unweighted": round(sum(v["accuracy"] for v in cats) / len(cats), 4) if cats else None,
+        "accuracy_weighted": round(sum(v["correct"] for v in cats) / total, 4) if total else None,
+        "n": total,
+    }
+    if out_dir is not None:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _line(category: str, entry: dict[str, Any]) -> str:
+    text = f"{category:>22}: {entry['accuracy']:.2%}  ({entry['correct']}/{entry['n']}, errors {entry['errors']}, no-call {entry['no_call']})"
+    if "retrieval" in entry:
+        ret = entry["retrieval"]
+        text += (f"  recall@1 {ret['retriever_recall@1']:.3f} / @3 {ret['retriever_recall@3']:.3f}"
+                 f"  BM25 @1 {ret['bm25_recall@1']:.3f} / @3 {ret['bm25_recall@3']:.3f}")
+    return text
