@@ -2,8 +2,10 @@
 
 Per step every live row appends exactly one chunk on top of its cache: the token it just
 generated followed by whatever fixed text the machine injects before its next decision. So a
-mode switch (generate -> inject -> generate) never re-prefills anything, and the number of LMS
-forward passes per batch is 1 (prefill) + the largest number of decisions any row makes.
+mode switch (generate -> inject -> generate) never re-prefills anything. The prefill pass yields
+every row's first decision and each later decision costs one pass, so a batch takes as many LMS
+forward passes as its longest row makes decisions (1 + that row's decisions after the first);
+the last decision and anything the machine injects after it are never fed.
 
 Ragged rows are right-padded within a chunk; pads stay in the cache but are masked out of
 attention forever (one growing 2D mask), and each row carries its own position ids. Rows that

@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
+    threads per op made a 2 s test take a minute. Restored after the engine tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_models_dir: Path):
     """The tiny models loaded once for tests that only read them (decoder, machine, index)."""
@@ -51,3 +63,12 @@ def tiny_config(tiny_config):
     tiny_config.cascade.max_array_items = 2
     tiny_config.cascade.max_number_tokens = 4
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tiny_bundle, machine):
+    """One LMSDecoder for the session, as in a worker process (its shared prefix is computed once).
+    It runs whatever program each job brings, so tests pair it with machines of any limits."""
+    from hyfunc.cascade.decoder import LMSDecoder
+
+    return LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)

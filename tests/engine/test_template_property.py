@@ -25,7 +25,7 @@ from engine_support import Trace, drive, parse_answer, random_picker, recording,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hyfunc.cascade.decoder import DecodeJob, LMSDecoder
+from hyfunc.cascade.decoder import DecodeJob
 from hyfunc.cascade.prompts import lms_job_prompt
 from hyfunc.schema import Tool, validate_call
 
@@ -119,7 +119,7 @@ def check_output(tokenizer: Any, machine: Any, candidates: list[Tool], trace: Tr
     assert machine.replay(candidates, trace.generated_ids) == trace.calls
 
 
-@settings(max_examples=300, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=400, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tools=toolsets(), seed=st.integers(0, 2**32 - 1), limits=st.sampled_from([SMALL, {}]))
 def test_random_picker_outputs_are_valid_json_for_their_schema(lms_tokenizer, make_machine, tools, seed, limits) -> None:
     machine = make_machine(**limits)
@@ -128,15 +128,15 @@ def test_random_picker_outputs_are_valid_json_for_their_schema(lms_tokenizer, ma
     check_output(lms_tokenizer, machine, tools, trace)
 
 
-@settings(max_examples=8, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=25, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     jobs=st.lists(st.tuples(toolsets(max_tools=2), st.one_of(st.text(min_size=1, max_size=40), ANY_TEXT)), min_size=1, max_size=3),
     seed=st.integers(0, 2**16),
 )
-def test_tiny_model_outputs_are_valid_json_for_their_schema(tiny_bundle, lms_tokenizer, make_machine, jobs, seed) -> None:
+def test_tiny_model_outputs_are_valid_json_for_their_schema(
+    tiny_bundle, tiny_decoder, lms_tokenizer, make_machine, jobs, seed
+) -> None:
     """The random-init LMS, batched, greedy: every row's answer is valid and validates."""
-    decoder = LMSDecoder(tiny_bundle.lms, lms_tokenizer, make_machine(**TINY), tiny_bundle.device)
-    decoder._prefix_cache = _shared_prefix(tiny_bundle, lms_tokenizer, make_machine)
     machine = make_machine(**TINY)
     gen = torch.Generator().manual_seed(seed)
     traces, decode_jobs = [], []
@@ -146,20 +146,9 @@ def test_tiny_model_outputs_are_valid_json_for_their_schema(tiny_bundle, lms_tok
         prompt = lms_tokenizer.encode(lms_job_prompt(query, tools, 1), add_special_tokens=False)
         decode_jobs.append(DecodeJob(prompt, soft, recording(machine.program(tools), trace)))
         traces.append(trace)
-    results = decoder.decode(decode_jobs)
+    results = tiny_decoder.decode(decode_jobs)
     for (tools, _), trace, result in zip(jobs, traces, results, strict=True):
         assert result.error is None
         assert result.calls == trace.calls
         assert result.stats.generated == len(trace.generated_ids)
         check_output(lms_tokenizer, machine, tools, trace)
-
-
-_PREFIX: dict[str, Any] = {}
-
-
-def _shared_prefix(bundle: Any, tokenizer: Any, make_machine: Any) -> Any:
-    """Compute the shared-prefix KV once for all hypothesis cases (as a worker process would)."""
-    if "cache" not in _PREFIX:
-        decoder = LMSDecoder(bundle.lms, tokenizer, make_machine(**TINY), bundle.device)
-        _PREFIX["cache"] = decoder._shared_prefix()
-    return _PREFIX["cache"]
