@@ -10,7 +10,8 @@ when the cascade returns no call; live_relevance when it returns at least one.
 Accuracy is printed per category and overall as BFCL summarises it (unweighted mean of the
 category accuracies), next to the count-weighted mean. Retriever-only metrics: recall@1 and
 recall@3 of the gold functions among each example's own candidates (examples with more than
-one tool), against a BM25 baseline (rank_bm25) ranking the same candidates by their text.
+one tool), against a BM25 baseline (rank_bm25's BM25+, term statistics over the category's
+tools) ranking the same candidates by their text.
 """
 
 from __future__ import annotations
@@ -82,14 +83,33 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("_", " ").replace(".", " "))
 
 
-def bm25_rank(query: str, tools: list) -> list[int]:
-    from rank_bm25 import BM25Okapi
+class BM25Ranker:
+    """BM25+ over a tool library (term statistics from every tool of a category), ranking
+    one example's candidates. BM25+ keeps IDF positive in small libraries, where Okapi's
+    IDF of a term found in half the documents is 0."""
 
-    from hyfunc.cascade.prompts import tool_text
+    def __init__(self, library: list):
+        from rank_bm25 import BM25Plus
 
-    corpus = [_words(tool_text(t)) or ["_"] for t in tools]
-    scores = BM25Okapi(corpus).get_scores(_words(query))
-    return sorted(range(len(tools)), key=lambda i: (-scores[i], i))
+        from hyfunc.cascade.prompts import tool_text
+
+        self.row: dict[str, int] = {}
+        corpus = []
+        for tool in library:
+            key = tool.content_hash()
+            if key not in self.row:
+                self.row[key] = len(corpus)
+                corpus.append(_words(tool_text(tool)) or ["_"])
+        self.bm25 = BM25Plus(corpus)
+
+    def rank(self, query: str, tools: list) -> list[int]:
+        scores = self.bm25.get_batch_scores(_words(query), [self.row[t.content_hash()] for t in tools])
+        return sorted(range(len(tools)), key=lambda i: (-scores[i], i))
+
+
+def bm25_rank(query: str, tools: list, library: list | None = None) -> list[int]:
+    """Candidate indices of `tools` best first; term statistics from `library` (default: tools)."""
+    return BM25Ranker(library or tools).rank(query, tools)
 
 
 def _recall(ranked_names: list[str], gold: set[str], k: int) -> float:
@@ -179,7 +199,8 @@ def evaluate_bfcl(
         multi = [ex for ex in examples if len(ex.tools) > 1 and ex.answers]
         if multi:
             ranks = retriever_ranks(cascade, multi)
-            bm25 = [[ex.tools[i].name for i in bm25_rank(ex.query, ex.tools)] for ex in multi]
+            ranker = BM25Ranker([t for ex in examples for t in ex.tools])
+            bm25 = [[ex.tools[i].name for i in ranker.rank(ex.query, ex.tools)] for ex in multi]
             golds = [{c.name for c in ex.answers} for ex in multi]
             entry["retrieval"] = {
                 "examples": len(multi),
