@@ -199,6 +199,9 @@ def bench_service(
         except Exception:  # noqa: BLE001 - cleanup only
             pass
 
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # logs are kept only when the run failed
     created = min(row[2] for row in rows)
     last = max(row[4] for row in rows)
     wall_s = (last - created).total_seconds()
