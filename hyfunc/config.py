@@ -23,6 +23,7 @@ class ModelsConfig(BaseModel):
     dir: str | None = None  # a models directory written by `hyfunc models tiny` or training
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    intent_backend: str = Field(default="transformers", pattern="^(transformers|vllm)$")  # vllm: GPU, optional extra
 
 
 class CascadeConfig(BaseModel):

@@ -59,7 +59,17 @@ class Cascade:
             )
         bundle = ModelBundle.load(models_dir, device=config.models.device, dtype=config.models.dtype)
         index_dir = config.cascade.index_dir or (Path(models_dir) / "index")
-        return cls(bundle, config.cascade, index_dir)
+        cascade = cls(bundle, config.cascade, index_dir)
+        if config.models.intent_backend == "vllm":
+            from hyfunc.backends.vllm_intent import VLLMIntentEncoder
+            from hyfunc.models.bundle import resolve_part
+
+            cascade.intent = VLLMIntentEncoder(  # type: ignore[assignment]
+                resolve_part(bundle.directory, bundle.manifest.intent_path),
+                kind=bundle.manifest.intent_kind,
+                dtype=config.models.dtype if config.models.dtype != "float32" else "float32",
+            )
+        return cascade
 
     @property
     def model_versions(self) -> dict[str, str]:

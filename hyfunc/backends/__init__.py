@@ -1,0 +1,1 @@
+"""Optional inference backends (imported lazily; the default backend is HF transformers)."""
