@@ -34,7 +34,7 @@ class CascadeConfig(BaseModel):
     max_string_tokens: int = Field(default=48, ge=1)
     max_number_tokens: int = Field(default=12, ge=1)
     max_array_items: int = Field(default=8, ge=1)
-    max_depth: int = Field(default=4, ge=1)
+    copy_values: bool = False  # extractive string/number values (see TemplateMachine); the demo config turns it on
     batch_size: int = Field(default=16, ge=1)
     index_dir: str | None = None  # function index cache; default: <models.dir>/index
 

@@ -40,6 +40,7 @@ class Cascade:
             max_string_tokens=self.config.max_string_tokens,
             max_number_tokens=self.config.max_number_tokens,
             max_array_items=self.config.max_array_items,
+            copy_values=self.config.copy_values,
         )
         self.machine = TemplateMachine(bundle.lms_tokenizer, limits, logits_size=int(bundle.lms.config.vocab_size))
         self.decoder = LMSDecoder(bundle.lms, bundle.lms_tokenizer, self.machine, bundle.device)
@@ -129,7 +130,7 @@ class Cascade:
             soft = projected[j] if projected is not None else None
             prompt = lms_job_prompt(requests[i].query, candidates, soft.shape[0] if soft is not None else 0)
             prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
-            jobs.append(DecodeJob(prompt_ids, soft, self.machine.program(candidates)))
+            jobs.append(DecodeJob(prompt_ids, soft, self.machine.program(candidates, source=requests[i].query)))
         decoded = dict(zip(selected, self.decoder.decode(jobs), strict=True))
 
         results = []

@@ -24,7 +24,9 @@ plus one decision token, and a string its content plus the closing quote.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +77,9 @@ class MachineLimits:
     max_string_tokens: int = 48
     max_number_tokens: int = 12
     max_array_items: int = 8
+    # Extractive values: string and number values must be substrings of the query (the model
+    # still picks which span, token by token); when no token fits, decoding falls back to free.
+    copy_values: bool = False
 
 
 @dataclass
@@ -96,6 +101,8 @@ class TemplateMachine:
         self.limits = limits or MachineLimits()
         self.vocab = VocabConstraints.build(tokenizer, logits_size)
         self._encode_cache: dict[str, list[int]] = {}
+        self._source: bytes | None = None  # set on a per-job view when copy_values is on
+        self._source_tokens: dict[int, bytes] = {}
         for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER):
             if not self.encode(text):
                 raise ValueError(f"tokenizer cannot encode template text {text!r}")
@@ -118,13 +125,64 @@ class TemplateMachine:
 
     # -- public entry points ------------------------------------------------------------------
 
-    def program(self, candidates: list[Tool], gold: list[Call] | None = None) -> Program:
-        """The answer program for one job. With ``gold``, each Generate carries the gold token."""
+    def program(self, candidates: list[Tool], gold: list[Call] | None = None, source: str | None = None) -> Program:
+        """The answer program for one job. With ``gold``, each Generate carries the gold token.
+
+        ``source`` (the query) enables extractive values when ``limits.copy_values`` is on;
+        teacher mode never applies it (training sequences do not depend on it)."""
         if not candidates:
             raise TemplateError("the template machine needs at least one candidate tool")
         if gold is not None and not gold:
             raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
+        if self.limits.copy_values and source and gold is None:
+            return self._with_source(source)._answer(candidates, gold)
         return self._answer(candidates, gold)
+
+    def _with_source(self, source: str) -> TemplateMachine:
+        """A per-job view sharing every table, plus the query bytes and the tokens found in it.
+
+        Values are compared in their JSON-escaped form, as they are generated."""
+        view = copy.copy(self)
+        escaped = json.dumps(source, ensure_ascii=False)[1:-1].encode("utf-8")
+        view._source = escaped
+        view._source_tokens = {
+            tid: data for tid, data in enumerate(self.vocab.token_bytes) if data and data in escaped
+        }
+        return view
+
+    def _source_numbers(self, integer: bool) -> set[str]:
+        """The number literals written in the source (integers only, for integer parameters)."""
+        assert self._source is not None
+        text = self._source.decode("utf-8", errors="replace")
+        # Whole numbers only: not the pieces of a date, a version or a word ("2026-04-18", "pm2.5").
+        found = re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text)
+        return {lit for lit in found if not integer or "." not in lit}
+
+    def _copy_options(self, prefix: bytes, pool: dict[int, bytes] | None = None) -> tuple[set[int], bool]:
+        """Extractive decoding over the source: which tokens extend ``prefix`` to a longer span
+        that starts at a word boundary, and whether ``prefix`` itself is a whole-word span (so the
+        value may end here). Spans never start or end inside a word: "Vanc" is not a value."""
+        assert self._source is not None
+        source = self._source
+
+        def word_byte(b: int) -> bool:
+            return b >= 0x80 or chr(b).isalnum()
+
+        def starts(text: bytes) -> list[int]:
+            found, at = [], source.find(text)
+            while at != -1:
+                if at == 0 or not word_byte(source[at - 1]) or not word_byte(text[0]):
+                    found.append(at)
+                at = source.find(text, at + 1)
+            return found
+
+        candidates = self._source_tokens if pool is None else pool
+        extend = {tid for tid, data in candidates.items() if starts(prefix + data)}
+        closable = bool(prefix) and any(
+            end == len(source) or not word_byte(source[end]) or not word_byte(prefix[-1])
+            for end in (at + len(prefix) for at in starts(prefix))
+        )
+        return extend, closable
 
     def teacher(self, candidates: list[Tool], gold: list[Call]) -> TokenRecord:
         """Run the program with the gold answer as picker: the exact training token sequence."""
@@ -277,7 +335,17 @@ class TemplateMachine:
             if len(content) >= self.limits.max_string_tokens and not escaped:
                 break  # length cap: the machine closes the string itself
             allowed = vocab.string_mask[escaped]
-            if not escaped:
+            copied: set[int] = set()
+            closable = False
+            if self._source is not None and not teacher:
+                extend, closable = self._copy_options(vocab.decode_value_bytes(content))
+                copied = {t for t in extend if t != vocab.quote_id and bool(allowed[t])}
+            if copied or closable:
+                mask = torch.zeros_like(allowed)
+                mask[sorted(copied)] = True
+                mask[vocab.quote_id] = closable
+                allowed = mask
+            elif not escaped:
                 allowed = allowed.clone()
                 allowed[vocab.quote_id] = True
             target = None
@@ -326,12 +394,22 @@ class TemplateMachine:
                     text += fill
                 break
             allowed: set[int] = set()
+            complete_copy_blocked = False
             numeric = {tid for tid, s in vocab.number_tokens.items() if is_finite_number_prefix(text + s, integer)}
+            if self._source is not None and not teacher:
+                literals = self._source_numbers(integer)
+                extend = {tid for tid in numeric if any(lit.startswith(text + vocab.number_tokens[tid]) for lit in literals)}
+                closable = text in literals
+                if extend or closable:
+                    numeric = extend
+                    if not closable:
+                        complete_copy_blocked = True
+                # otherwise (no such number in the query) the number stays free
             allowed |= numeric
             if not text and alt_ids:
                 allowed |= {ids[0] for ids in alt_ids}
             complete = is_complete_number(text, integer)
-            if complete:
+            if complete and not (complete_copy_blocked and numeric):
                 allowed |= {ids[0] for ids in then_ids}
             target = None
             if teacher:

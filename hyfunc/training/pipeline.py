@@ -59,6 +59,7 @@ class Recipe:
     retriever_steps: int = 600
     projector_hidden: int = 256
     top_k: int = 3
+    augment: float = 1.0  # value-randomised copies per training example (see training/augment.py)
     lms: LMSTrainConfig = field(default_factory=LMSTrainConfig)
     device: str = "cpu"
 
@@ -81,6 +82,23 @@ def _log(message: str) -> None:
 
 
 def load_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    train, heldout = _load_raw(recipe)
+    if recipe.augment > 0:
+        from hyfunc.training.augment import randomize_values
+
+        rng = random.Random(recipe.seed + 17)
+        extra = []
+        for ex in train:
+            copies = int(recipe.augment) + (rng.random() < recipe.augment - int(recipe.augment))
+            for _ in range(copies):
+                new = randomize_values(ex, rng)
+                if new is not None:
+                    extra.append(new)
+        train = train + extra
+    return train, heldout
+
+
+def _load_raw(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     if recipe.data == "demo":
         from hyfunc.training.demo_task import generate_demo_examples
 
@@ -121,7 +139,8 @@ def train_tokenizer_stage(recipe: Recipe, train: list[Example], work: Path):
     if _done(work, "tokenizer"):
         return AutoTokenizer.from_pretrained(str(path))
     texts = [lms_shared_prefix()]
-    for ex in train:
+    # The vocabulary comes from real text: random augmented values would only add noise merges.
+    for ex in (e for e in train if e.source != "augmented"):
         texts.append(lms_job_prompt(ex.query, ex.tools, 1))
         texts.append(json.dumps([c.model_dump() for c in ex.answers], ensure_ascii=False))
     tokenizer = train_bpe_tokenizer(texts, vocab_size=recipe.arch.vocab_size)
