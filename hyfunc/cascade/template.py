@@ -169,6 +169,9 @@ class TemplateMachine:
             return b >= 0x80 or chr(b).isalnum()
 
         def starts(text: bytes) -> list[int]:
+            # A value never starts with whitespace, and never inside a word.
+            if chr(text[0]).isspace():
+                return []
             found, at = [], source.find(text)
             while at != -1:
                 if at == 0 or not word_byte(source[at - 1]) or not word_byte(text[0]):
@@ -178,7 +181,7 @@ class TemplateMachine:
 
         candidates = self._source_tokens if pool is None else pool
         extend = {tid for tid, data in candidates.items() if starts(prefix + data)}
-        closable = bool(prefix) and any(
+        closable = bool(prefix) and not chr(prefix[-1]).isspace() and any(
             end == len(source) or not word_byte(source[end]) or not word_byte(prefix[-1])
             for end in (at + len(prefix) for at in starts(prefix))
         )

@@ -47,12 +47,19 @@ def train_retriever(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    gate_weight: float = 0.5,
 ) -> tuple[Retriever, float]:
+    """InfoNCE for ranking, plus a relevance-gate term when no-call examples exist: a logistic
+    loss that pushes the gold tool's score above a learned bias and every tool's score of a
+    query that no tool fits below it. InfoNCE alone only orders tools within a query; the gate
+    needs scores that mean the same across queries."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = Retriever(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    bias = torch.nn.Parameter(torch.tensor(0.3))
+    optimizer = torch.optim.AdamW([*model.parameters(), bias], lr=lr, weight_decay=0.01)
     pairs = _pairs(examples)
+    no_calls = [ex for ex in examples if not ex.answers]
     if not pairs:
         raise ValueError("no examples with gold calls to train the retriever on")
     loss_value = float("nan")
@@ -77,6 +84,19 @@ def train_retriever(
                 if other.name != examples[i].tools[t].name:
                     valid[row, pool[other.content_hash()]] = False
         loss = info_nce_loss(q, k, positive, config.temperature, valid)
+        if no_calls and gate_weight > 0:
+            negatives = rng.sample(no_calls, min(len(no_calls), max(1, len(batch) // 4)))
+            gold_scores = (q * k[positive]).sum(dim=-1)
+            nq = model.encode_queries(query_vectors(cache, [ex.query for ex in negatives]))
+            none_scores = torch.stack(
+                [(model.encode_keys(tool_vectors(cache, ex.tools)) @ nq[j]).max() for j, ex in enumerate(negatives)]
+            )
+            logits = torch.cat([gold_scores, none_scores]) - bias
+            labels = torch.cat([torch.ones_like(gold_scores), torch.zeros_like(none_scores)])
+            weights = torch.cat([torch.full_like(gold_scores, 1.0), torch.full_like(none_scores, len(batch) / len(negatives))])
+            loss = loss + gate_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+                logits / 0.05, labels, weight=weights / weights.mean()
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
