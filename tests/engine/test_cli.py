@@ -71,7 +71,9 @@ def test_models_tiny_then_run_with_good_and_bad_lines(tmp_path: Path, capsys: py
 def test_run_without_models_says_how_to_get_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     requests = tmp_path / "requests.jsonl"
     write_requests(requests)
-    assert main(["run", str(requests), "--no-record"]) == 2  # the default config has no models
+    config = tmp_path / "no-models.yaml"
+    config.write_text("models:\n  dir: null\n")  # a config that names no models directory
+    assert main(["run", str(requests), "--config", str(config), "--no-record"]) == 2
     err = capsys.readouterr().err
     assert "hyfunc models tiny" in err and "--models" in err
     assert "Traceback" not in err
