@@ -138,28 +138,22 @@ def evaluate_retriever(model: Retriever, examples: list[Example], cache: Embeddi
 
 
 def calibrate_threshold(call_scores: list[float], none_scores: list[float]) -> tuple[float, float]:
-    """The threshold that best separates 'some tool fits' from 'none fits' (midpoint of the best gap)."""
+    """The threshold with the best *balanced* accuracy between "some tool fits" and "none fits"
+    (the mean of the two recalls), placed midway in the gap it picks; returns (threshold, plain
+    accuracy at it). Balanced, because no-call queries are the minority and plain accuracy would
+    trade them away — forcing a call when none fits is the failure the gate exists to prevent."""
     if not none_scores:
         return (min(call_scores) - 1e-3 if call_scores else -1.0), 1.0
-    labelled = sorted([(s, 1) for s in call_scores] + [(s, 0) for s in none_scores])
-    n = len(labelled)
-    best = (-1.0, labelled[0][0] - 1e-3)
-    # threshold below position i: everything from i on is "call"
-    calls_above = sum(label for _, label in labelled)
-    nones_below = 0
-    for i in range(n + 1):
-        correct = calls_above + nones_below
-        if i == 0:
-            t = labelled[0][0] - 1e-3
-        elif i == n:
-            t = labelled[-1][0] + 1e-3
-        else:
-            t = (labelled[i - 1][0] + labelled[i][0]) / 2
-        if correct / n > best[0]:
-            best = (correct / n, t)
-        if i < n:
-            if labelled[i][1] == 1:
-                calls_above -= 1
-            else:
-                nones_below += 1
-    return best[1], best[0]
+    if not call_scores:
+        return max(none_scores) + 1e-3, 1.0
+    points = sorted(set(call_scores) | set(none_scores))
+    candidates = [points[0] - 1e-3] + [(a + b) / 2 for a, b in zip(points, points[1:], strict=False)] + [points[-1] + 1e-3]
+    best = (-1.0, candidates[0], 0.0)
+    for t in candidates:
+        kept = sum(s >= t for s in call_scores) / len(call_scores)
+        rejected = sum(s < t for s in none_scores) / len(none_scores)
+        balanced = (kept + rejected) / 2
+        if balanced > best[0]:
+            plain = (kept * len(call_scores) + rejected * len(none_scores)) / (len(call_scores) + len(none_scores))
+            best = (balanced, t, plain)
+    return best[1], best[2]
