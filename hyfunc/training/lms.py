@@ -113,8 +113,13 @@ def train_lms(
     checkpoint_dir: str | Path,
     device: str = "cpu",
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> list[float]:
-    """Train in place; resumes from checkpoint_dir when a checkpoint is there. Returns losses."""
+    """Train in place; resumes from checkpoint_dir when a checkpoint is there. Returns losses.
+
+    ``stop_at`` ends this invocation early at that step (after checkpointing), as an
+    interruption would; the schedule still follows ``cfg.steps``.
+    """
     checkpoint_dir = Path(checkpoint_dir)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -159,8 +164,10 @@ def train_lms(
         optimizer.step()
         losses.append(total)
         bar.set_postfix(loss=f"{total:.3f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or step + 1 == stop_at:
             save_checkpoint(model, projector, optimizer, step + 1, losses, rng, checkpoint_dir)
+        if stop_at is not None and step + 1 >= stop_at:
+            break
     model.eval()
     projector.eval()
     return losses
