@@ -54,13 +54,20 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     recipe = _recipe(str(DEMO_CONFIG), {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
     report = train_all(recipe)
     from hyfunc.cascade.engine import Cascade
-    from hyfunc.config import CascadeConfig
+    from hyfunc.config import load_config
     from hyfunc.eval.demo import evaluate_demo
     from hyfunc.models.bundle import ModelBundle
 
-    cascade = Cascade(ModelBundle.load(recipe.out_dir), CascadeConfig(top_k=recipe.top_k), None)
-    metrics = evaluate_demo(cascade, n=recipe.n_heldout, seed=recipe.seed + 1)
+    # Score the models the way the default config serves them (extractive values on), and
+    # with free value decoding for comparison.
+    served = load_config().cascade.model_copy(update={"top_k": recipe.top_k})
+    bundle = ModelBundle.load(recipe.out_dir)
+    metrics = evaluate_demo(Cascade(bundle, served, None), n=recipe.n_heldout, seed=recipe.seed + 1)
     report["heldout"] = {k: v for k, v in metrics.items() if k != "mismatches"}
+    report["heldout"]["decoding"] = f"copy_values={served.copy_values} (configs/default.yaml)"
+    free = served.model_copy(update={"copy_values": False})
+    free_metrics = evaluate_demo(Cascade(bundle, free, None), n=recipe.n_heldout, seed=recipe.seed + 1, progress=False)
+    report["heldout_free_decoding"] = {k: v for k, v in free_metrics.items() if k != "mismatches"}
     report["total_seconds"] = round(time.time() - started, 1)
     write_model_card(Path(recipe.out_dir), report, "hyfunc train demo")
     print(json.dumps(report["heldout"], indent=2))
