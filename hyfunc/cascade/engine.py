@@ -68,7 +68,7 @@ class Cascade:
             cascade.intent = VLLMIntentEncoder(  # type: ignore[assignment]
                 resolve_part(bundle.directory, bundle.manifest.intent_path),
                 kind=bundle.manifest.intent_kind,
-                dtype=config.models.dtype if config.models.dtype != "float32" else "float32",
+                dtype=config.models.dtype,
             )
         return cascade
 

@@ -11,7 +11,7 @@ import re
 
 from hyfunc.schema import Tool
 
-SOFT_TOKEN = "<|soft|>"  # placeholder position; its embedding is replaced by the projected soft token
+SOFT_TOKEN = "<|soft|>"  # the soft-token slot: its input embedding is the projected LML soft token
 
 INTENT_SYSTEM = "You turn a user's request into function calls. Read the request."
 

@@ -168,7 +168,7 @@ class ModelBundle:
         lms_dir = resolve_part(directory, manifest.lms_path)
         lms_tokenizer = AutoTokenizer.from_pretrained(str(lms_dir))
         if SOFT_TOKEN not in lms_tokenizer.get_vocab():
-            # Real checkpoints lack the placeholder; its embedding is always replaced, so the
+            # Real checkpoints lack the slot token; its embedding is always replaced, so the
             # id may lie past the embedding table.
             lms_tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]})
         lms = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch_dtype)

@@ -95,7 +95,7 @@ def _stage_command(stage: str):
         if stage == "lms" and not (work / "retriever.done").exists():
             print("the lms stage needs the retriever: running it first")
         report = pipeline.train_all(recipe)
-        print(json.dumps(report.get(stage if stage != "lms" else "lms"), indent=2, default=str))
+        print(json.dumps(report.get(stage), indent=2, default=str))
         return 0
 
     return run

@@ -29,6 +29,7 @@ class EmbeddingCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.vectors: dict[str, torch.Tensor] = {}
+        self._chunks = len(list(self.directory.glob("chunk-*.json")))
         for meta_path in sorted(self.directory.glob("chunk-*.json")):
             tensor_path = meta_path.with_suffix(".safetensors")
             if not tensor_path.exists():
@@ -41,8 +42,8 @@ class EmbeddingCache:
         return key in self.vectors
 
     def add_chunk(self, keys: list[str], vectors: torch.Tensor) -> None:
-        n = len(list(self.directory.glob("chunk-*.json")))
-        stem = self.directory / f"chunk-{n:05d}"
+        stem = self.directory / f"chunk-{self._chunks:05d}"
+        self._chunks += 1
         save_file({"vectors": vectors.float().contiguous().cpu()}, str(stem) + ".safetensors")
         (stem.with_suffix(".json")).write_text(json.dumps(keys))
         self.vectors.update({k: vectors[i].float().cpu() for i, k in enumerate(keys)})
