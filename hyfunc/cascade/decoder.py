@@ -122,9 +122,15 @@ class LMSDecoder:
             mask = step.allowed[: self.vocab_size].to(logits.device)
             masked = logits.masked_fill(~mask, float("-inf"))
         else:
-            allowed = torch.tensor([t for t in step.allowed if t < self.vocab_size], device=logits.device)
-            if allowed.numel() == 0:
+            inside = [k for k, t in enumerate(step.allowed) if t < self.vocab_size]
+            if not inside:
                 raise RuntimeError("no allowed token lies inside the LMS vocabulary")
+            allowed = torch.tensor([step.allowed[k] for k in inside], device=logits.device)
+            if step.bias is not None:
+                # Product of experts: the LMS's distribution over the allowed tokens times the prior.
+                scores = torch.log_softmax(logits[allowed].float(), dim=-1)
+                scores = scores + torch.tensor([step.bias[k] for k in inside], device=logits.device)
+                return int(allowed[int(torch.argmax(scores).item())].item())
             masked = torch.full_like(logits, float("-inf"))
             masked[allowed] = logits[allowed]
         return int(torch.argmax(masked).item())

@@ -96,6 +96,15 @@ class Cascade:
         except OSError as err:  # a read-only models directory: keep the index in memory
             log.warning("function index not saved to %s: %s", self.index_dir, err)
 
+    def _name_prior(self, hits) -> list[float] | None:
+        """The retriever's log-probabilities over the candidates shown to the LMS (its training
+        softmax, restricted to them), scaled by ``cascade.retriever_prior``."""
+        weight = self.config.retriever_prior
+        if weight == 0 or len(hits) < 2:
+            return None
+        scores = torch.tensor([hit.score for hit in hits]) / self.bundle.retriever.config.temperature
+        return (weight * torch.log_softmax(scores, dim=0)).tolist()
+
     @torch.inference_mode()
     def run(self, requests: list[CallRequest]) -> list[CallResult]:
         if not requests:
@@ -130,7 +139,8 @@ class Cascade:
             soft = projected[j] if projected is not None else None
             prompt = lms_job_prompt(requests[i].query, candidates, soft.shape[0] if soft is not None else 0)
             prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
-            jobs.append(DecodeJob(prompt_ids, soft, self.machine.program(candidates, source=requests[i].query)))
+            program = self.machine.program(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
+            jobs.append(DecodeJob(prompt_ids, soft, program))
         decoded = dict(zip(selected, self.decoder.decode(jobs), strict=True))
 
         results = []

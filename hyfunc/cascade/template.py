@@ -56,6 +56,8 @@ class Generate:
 
     allowed: list[int] | torch.Tensor
     gold: int | None = None
+    # Log-prior added to the model's log-probabilities over ``allowed`` (same order; list only).
+    bias: list[float] | None = None
 
     def permits(self, token: int) -> bool:
         if isinstance(self.allowed, torch.Tensor):
@@ -88,6 +90,14 @@ class TokenRecord:
 
     ids: list[int] = field(default_factory=list)
     generated: list[bool] = field(default_factory=list)
+    # Per generated token: the ids inference would have allowed at that step, or None when
+    # nearly the whole vocabulary was (free text). Training can restrict its softmax to them.
+    allowed: list[list[int] | None] = field(default_factory=list)
+
+
+# Allowed sets larger than this are recorded as "unrestricted" (None): a softmax over the whole
+# vocabulary differs from one over most of it only in noise, and the lists would be large.
+RECORD_ALLOWED_MAX = 256
 
 
 _ALT = object()  # a value writer returns this when an alternative (e.g. "]") was chosen instead
@@ -125,18 +135,30 @@ class TemplateMachine:
 
     # -- public entry points ------------------------------------------------------------------
 
-    def program(self, candidates: list[Tool], gold: list[Call] | None = None, source: str | None = None) -> Program:
+    def program(
+        self,
+        candidates: list[Tool],
+        gold: list[Call] | None = None,
+        source: str | None = None,
+        prior: list[float] | None = None,
+    ) -> Program:
         """The answer program for one job. With ``gold``, each Generate carries the gold token.
 
         ``source`` (the query) enables extractive values when ``limits.copy_values`` is on;
-        teacher mode never applies it (training sequences do not depend on it)."""
+        teacher mode never applies it (training sequences do not depend on it).
+        ``prior``: one log-prior per candidate (the retriever's belief), added to the LMS's own
+        log-probabilities wherever it chooses a function name."""
+        if prior is not None and len(prior) != len(candidates):
+            raise TemplateError("one prior per candidate")
         if not candidates:
             raise TemplateError("the template machine needs at least one candidate tool")
         if gold is not None and not gold:
             raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
+        if gold is not None:
+            prior = None
         if self.limits.copy_values and source and gold is None:
-            return self._with_source(source)._answer(candidates, gold)
-        return self._answer(candidates, gold)
+            return self._with_source(source)._answer(candidates, gold, prior)
+        return self._answer(candidates, gold, prior)
 
     def _with_source(self, source: str) -> TemplateMachine:
         """A per-job view sharing every table, plus the query bytes and the tokens found in it.
@@ -187,10 +209,15 @@ class TemplateMachine:
         )
         return extend, closable
 
-    def teacher(self, candidates: list[Tool], gold: list[Call]) -> TokenRecord:
-        """Run the program with the gold answer as picker: the exact training token sequence."""
+    def teacher(self, candidates: list[Tool], gold: list[Call], source: str | None = None) -> TokenRecord:
+        """Run the program with the gold answer as picker: the exact training token sequence.
+
+        With ``source`` (the query), each step's allowed set is the one extractive decoding would
+        offer wherever the gold value is a span of the source (the ids are unchanged; only
+        ``record.allowed`` differs), so training can score the choices inference really makes."""
         record = TokenRecord()
-        program = self.program(candidates, gold)
+        machine = self._with_source(source) if source else self
+        program = machine._answer(candidates, gold) if source else self.program(candidates, gold)
         send: int | None = None
         try:
             while True:
@@ -204,6 +231,7 @@ class TemplateMachine:
                         raise TemplateError(f"gold token {step.gold} is not allowed at this step")
                     record.ids.append(step.gold)
                     record.generated.append(True)
+                    record.allowed.append(_allowed_list(step.allowed))
                     send = step.gold
         except StopIteration as stop:
             calls: list[Call] = stop.value
@@ -231,7 +259,7 @@ class TemplateMachine:
 
     # -- the answer grammar -------------------------------------------------------------------
 
-    def _answer(self, candidates: list[Tool], gold: list[Call] | None) -> Program:
+    def _answer(self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None) -> Program:
         calls: list[Call] = []
         # The name sits inside a JSON string: escape it (a control character would break the JSON).
         name_options = [self.encode(json.dumps(tool.name, ensure_ascii=False)[1:]) for tool in candidates]
@@ -244,7 +272,9 @@ class TemplateMachine:
                 if gold_call.name not in by_name:
                     raise TemplateError(f"gold function {gold_call.name!r} is not among the candidates")
                 gold_index = by_name[gold_call.name]
-            index = yield from self._choose(name_options, gold_index)
+            # The retriever ranks tools for the query as a whole: it says which tool comes first,
+            # not which one a second call needs (often the same tool again, or the runner-up).
+            index = yield from self._choose(name_options, gold_index, prior=prior if not calls else None)
             tool = candidates[index]
             yield Inject(self.encode(ARGS_OPEN))
             params = tool.function.parameters
@@ -337,23 +367,27 @@ class TemplateMachine:
         while True:
             if len(content) >= self.limits.max_string_tokens and not escaped:
                 break  # length cap: the machine closes the string itself
-            allowed = vocab.string_mask[escaped]
-            copied: set[int] = set()
-            closable = False
-            if self._source is not None and not teacher:
-                extend, closable = self._copy_options(vocab.decode_value_bytes(content))
-                copied = {t for t in extend if t != vocab.quote_id and bool(allowed[t])}
-            if copied or closable:
-                mask = torch.zeros_like(allowed)
-                mask[sorted(copied)] = True
-                mask[vocab.quote_id] = closable
-                allowed = mask
-            elif not escaped:
-                allowed = allowed.clone()
-                allowed[vocab.quote_id] = True
             target = None
             if gold_ids is not None:
                 target = gold_ids[len(content)] if len(content) < len(gold_ids) else vocab.quote_id
+            allowed = vocab.string_mask[escaped]
+            copied: set[int] = set()
+            closable = False
+            if self._source is not None:
+                extend, closable = self._copy_options(vocab.decode_value_bytes(content))
+                copied = {t for t in extend if t != vocab.quote_id and bool(allowed[t])}
+            copy_mask = None
+            if copied or closable:
+                copy_mask = torch.zeros_like(allowed)
+                copy_mask[sorted(copied)] = True
+                copy_mask[vocab.quote_id] = closable
+            # A gold value that is not a span of the source is written freely (as inference would
+            # when the query lacks it): teacher mode keeps the copy mask only when gold fits it.
+            if copy_mask is not None and (target is None or bool(copy_mask[target])):
+                allowed = copy_mask
+            elif not escaped:
+                allowed = allowed.clone()
+                allowed[vocab.quote_id] = True
             token = yield Generate(allowed, target)
             if token == vocab.quote_id and not escaped:
                 break
@@ -396,24 +430,6 @@ class TemplateMachine:
                     yield Inject([vocab.digit_ids[fill]])
                     text += fill
                 break
-            allowed: set[int] = set()
-            complete_copy_blocked = False
-            numeric = {tid for tid, s in vocab.number_tokens.items() if is_finite_number_prefix(text + s, integer)}
-            if self._source is not None and not teacher:
-                literals = self._source_numbers(integer)
-                extend = {tid for tid in numeric if any(lit.startswith(text + vocab.number_tokens[tid]) for lit in literals)}
-                closable = text in literals
-                if extend or closable:
-                    numeric = extend
-                    if not closable:
-                        complete_copy_blocked = True
-                # otherwise (no such number in the query) the number stays free
-            allowed |= numeric
-            if not text and alt_ids:
-                allowed |= {ids[0] for ids in alt_ids}
-            complete = is_complete_number(text, integer)
-            if complete and not (complete_copy_blocked and numeric):
-                allowed |= {ids[0] for ids in then_ids}
             target = None
             if teacher:
                 if gold_alt is not None:
@@ -422,6 +438,17 @@ class TemplateMachine:
                     target = gold_ids[count]
                 else:
                     target = then_ids[gold_then][0]
+            free = {tid for tid, s in vocab.number_tokens.items() if is_finite_number_prefix(text + s, integer)}
+            numeric, allowed = free, self._number_allowed(free, text, integer, alt_ids, then_ids, blocked=False)
+            if self._source is not None:
+                literals = self._source_numbers(integer)
+                extend = {tid for tid in free if any(lit.startswith(text + vocab.number_tokens[tid]) for lit in literals)}
+                closable = text in literals
+                if extend or closable:  # otherwise (no such number in the query) the number stays free
+                    copy_allowed = self._number_allowed(extend, text, integer, alt_ids, then_ids, blocked=not closable)
+                    # Teacher mode keeps the copy restriction only where the gold number fits it.
+                    if target is None or target in copy_allowed:
+                        numeric, allowed = extend, copy_allowed
             token = yield Generate(sorted(allowed), target)
             if token in numeric:
                 text += vocab.number_tokens[token]
@@ -434,6 +461,19 @@ class TemplateMachine:
             return json.loads(text), index
         index = yield from self._choose(then_ids, gold_then)
         return json.loads(text), index
+
+    @staticmethod
+    def _number_allowed(
+        numeric: set[int], text: str, integer: bool, alt_ids: list[list[int]], then_ids: list[list[int]], blocked: bool
+    ) -> set[int]:
+        """A number step's choices: digits that keep a valid number, an alternative (before the
+        first digit), or the continuation once the number is complete (unless a copy must go on)."""
+        allowed = set(numeric)
+        if not text and alt_ids:
+            allowed |= {ids[0] for ids in alt_ids}
+        if is_complete_number(text, integer) and not (blocked and numeric):
+            allowed |= {ids[0] for ids in then_ids}
+        return allowed
 
     def _object(
         self,
@@ -553,11 +593,17 @@ class TemplateMachine:
     # -- the choice primitive -------------------------------------------------------------------
 
     def _choose(
-        self, options: list[list[int]], gold_index: int | None, first: int | None = None
+        self,
+        options: list[list[int]],
+        gold_index: int | None,
+        first: int | None = None,
+        prior: list[float] | None = None,
     ) -> Generator[Step, int | None, int]:
         """Pick one option by walking the token trie: forced tokens are injected, branches generated.
 
         ``first``: the first token was already chosen (a number's end token).
+        ``prior``: a log-prior per option; at each branch it becomes a bias per next token, the
+        log of the prior mass of the options still alive behind that token.
         """
         if not options:
             raise TemplateError("a choice needs at least one option")
@@ -588,11 +634,23 @@ class TemplateMachine:
                     yield Inject(forced)
                     forced = []
                 target = options[gold_index][pos] if gold_index is not None else None
-                token = yield Generate(nexts, target)
+                bias = None
+                if prior is not None:
+                    total = torch.logsumexp(torch.tensor([prior[i] for i in alive]), 0)
+                    bias = [
+                        float(torch.logsumexp(torch.tensor([prior[i] for i in alive if options[i][pos] == t]), 0) - total)
+                        for t in nexts
+                    ]
+                token = yield Generate(nexts, target, bias)
                 if token not in nexts:
                     raise TemplateError(f"token {token} is not one of the allowed choices")
             alive = [i for i in alive if options[i][pos] == token]
             pos += 1
+
+
+def _allowed_list(allowed: list[int] | torch.Tensor) -> list[int] | None:
+    ids = allowed.nonzero().flatten().tolist() if isinstance(allowed, torch.Tensor) else list(allowed)
+    return ids if len(ids) <= RECORD_ALLOWED_MAX else None
 
 
 def _literal_index(literals: list[Any], gold: Any) -> int:

@@ -59,7 +59,41 @@ def demo_domains() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _phrasings() -> dict[str, Any]:
-    return yaml.safe_load((DEMO_DIR / "phrasings.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((DEMO_DIR / "phrasings.yaml").read_text(encoding="utf-8"))
+    more = DEMO_DIR / "phrasings_more.yaml"
+    if more.exists():
+        _extend_train(data, yaml.safe_load(more.read_text(encoding="utf-8")) or {}, "phrasings_more")
+    return data
+
+
+def _extend_train(base: Any, extra: Any, where: str) -> None:
+    """Append the `train` lists of `extra` to the matching lists of `base`, in place.
+
+    phrasings_more.yaml holds training phrasings written later and without sight of the
+    held-out ones; it may only add to `train` lists, so the held-out split stays as it was."""
+    if isinstance(extra, dict):
+        if not isinstance(base, dict):
+            raise ValueError(f"{where}: expected a mapping")
+        for key, value in extra.items():
+            if key == "heldout":
+                raise ValueError(f"{where}: may not add held-out phrasings")
+            if key not in base:
+                raise ValueError(f"{where}.{key}: not in phrasings.yaml")
+            if key == "train":
+                if not isinstance(value, list):
+                    raise ValueError(f"{where}.train: expected a list")
+                base[key].extend(value)
+            else:
+                _extend_train(base[key], value, f"{where}.{key}")
+    elif isinstance(extra, list):
+        # Lists of groups (optional phrase groups, near-miss groups) match by position.
+        if not isinstance(base, list) or len(extra) > len(base):
+            raise ValueError(f"{where}: more groups than phrasings.yaml has")
+        for i, item in enumerate(extra):
+            if item:
+                _extend_train(base[i], item, f"{where}[{i}]")
+    elif extra is not None:
+        raise ValueError(f"{where}: unexpected value {extra!r}")
 
 
 def split_pool(values: list[Any], split: Split) -> list[Any]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_model
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from hyfunc.cascade.projector import SoftTokenProjector
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_prompt, lms_shared_prefix
@@ -32,6 +33,8 @@ class LMSSequence:
     ids: list[int]
     generated: list[bool]  # per token: a target of the loss
     soft: torch.Tensor  # (d_lml,) the query's soft token
+    # Per target, in order: the ids inference would choose among (None: the whole vocabulary).
+    allowed: list[list[int] | None] | None = None
 
 
 @dataclass
@@ -45,6 +48,10 @@ class LMSTrainConfig:
     save_every: int = 200
     seed: int = 0
     lora: bool = False  # for large pretrained LMS checkpoints (peft)
+    # Softmax over the tokens inference would allow at each step (extractive copy spans, the
+    # options of a choice) instead of the whole vocabulary: the loss scores the decisions the
+    # model really makes at inference with cascade.copy_values on.
+    constrained: bool = False
     lora_rank: int = 16
 
 
@@ -56,13 +63,14 @@ def build_sequence(
     gold: list[Call],
     soft: torch.Tensor,
     num_soft: int,
+    constrained: bool = False,
 ) -> LMSSequence:
     prefix = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
     prompt = tokenizer.encode(lms_job_prompt(query, candidates, num_soft), add_special_tokens=False)
-    record = machine.teacher(candidates, gold)
+    record = machine.teacher(candidates, gold, source=query if constrained else None)
     ids = prefix + prompt + record.ids
     generated = [False] * (len(prefix) + len(prompt)) + record.generated
-    return LMSSequence(ids, generated, soft)
+    return LMSSequence(ids, generated, soft, record.allowed if constrained else None)
 
 
 def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device):
@@ -87,14 +95,57 @@ def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence],
     return ids, mask, targets, embeds
 
 
-def selective_loss(model, projector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device) -> torch.Tensor:
-    """Cross-entropy on generated tokens only (position t-1 predicts token t)."""
+def shared_prefix_length(seqs: list[LMSSequence]) -> int:
+    """How many leading tokens every sequence shares, stopping before the first loss target."""
+    first = seqs[0].ids
+    length = min(len(s.ids) for s in seqs)
+    for s in seqs:
+        length = min(length, s.generated.index(True) if True in s.generated else len(s.ids))
+        for i in range(length):
+            if s.ids[i] != first[i]:
+                length = i
+                break
+    return length
+
+
+def selective_loss(
+    model, projector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device, share_prefix: bool = True
+) -> torch.Tensor:
+    """Cross-entropy on generated tokens only (position t-1 predicts token t).
+
+    Every sequence opens with the same system prefix. As at inference, its keys and values are
+    computed once (batch of one) and repeated for the batch: a quarter of the tokens of a demo
+    sequence, run once instead of once per row. The loss is the same either way."""
     ids, mask, targets, embeds = _batch_inputs(model, projector, seqs, soft_id, pad_id, device)
-    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    predict = targets[:, 1:]
+    shared = shared_prefix_length(seqs) - 1 if share_prefix and len(seqs) > 1 else 0
+    if shared > 0:
+        cache = DynamicCache(config=model.config)
+        model.base_model(inputs_embeds=embeds[:1, :shared], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(seqs))
+        hidden = model.base_model(
+            inputs_embeds=embeds[:, shared:], attention_mask=mask, cache=cache, use_cache=True
+        ).last_hidden_state
+    else:
+        hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    predict = targets[:, shared + 1 :]
     h = hidden[:, :-1][predict]
     logits = model.get_output_embeddings()(h).float()
-    return F.cross_entropy(logits, ids[:, 1:][predict])
+    if all(s.allowed is not None for s in seqs):
+        logits = logits.masked_fill(~_allowed_mask(seqs, logits.shape[1], logits.device), float("-inf"))
+    return F.cross_entropy(logits, ids[:, shared + 1 :][predict])
+
+
+def _allowed_mask(seqs: list[LMSSequence], vocab: int, device) -> torch.Tensor:
+    """(targets, vocab) bool: row t allows what inference allowed at target t (rows in the order
+    boolean indexing yields them: sequence by sequence, position by position)."""
+    rows = [choices for s in seqs for choices in s.allowed]
+    mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
+    for r, choices in enumerate(rows):
+        if choices is None:
+            mask[r] = True
+        else:
+            mask[r, [c for c in choices if c < vocab]] = True
+    return mask.to(device)
 
 
 def _lr_at(step: int, cfg: LMSTrainConfig) -> float:

@@ -284,7 +284,9 @@ def _sequences(recipe: Recipe, train: list[Example], machine, tokenizer, retriev
     for i, ex in enumerate(examples):
         candidates = inference_candidates(ex, scores[i], recipe.top_k)
         try:
-            sequences.append(build_sequence(machine, tokenizer, ex.query, candidates, ex.answers, soft[i], 1))
+            sequences.append(
+                build_sequence(machine, tokenizer, ex.query, candidates, ex.answers, soft[i], 1, recipe.lms.constrained)
+            )
         except TemplateError as err:
             skipped += 1
             if skipped <= 5:

@@ -73,3 +73,97 @@ def test_copy_mode_off_by_default_and_teacher_unaffected(bundle):
     record = machine.teacher(TOOLS, gold)  # training sequences never depend on the query
     generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
     assert machine.replay(TOOLS, generated) == gold
+
+
+def _inference_allowed(machine, candidates, query: str, generated: list[int]) -> list[list[int]]:
+    """Drive the inference program (copy mode, no gold) with the given tokens; each step's allowed ids."""
+    from hyfunc.cascade.template import Generate
+
+    program = machine.program(candidates, source=query)
+    seen: list[list[int]] = []
+    queue = list(generated)
+    send = None
+    try:
+        while True:
+            step = program.send(send)
+            send = None
+            if isinstance(step, Generate):
+                allowed = step.allowed
+                seen.append(allowed.nonzero().flatten().tolist() if hasattr(allowed, "nonzero") else sorted(allowed))
+                send = queue.pop(0)
+    except StopIteration:
+        pass
+    assert not queue
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("query", "arguments"),
+    [
+        ("Book Chez Panisse for 4 people, budget 120.5 dollars, window seat",
+         {"restaurant": "Chez Panisse", "people": 4, "budget": 120.5, "notes": ["window seat"]}),
+        ("Table at Noma for 12 tonight with a budget of 300", {"restaurant": "Noma", "people": 12, "budget": 300}),
+        # No number in the query: numbers are written freely, in training as at inference.
+        ("reserve Sushi Saito please", {"restaurant": "Sushi Saito", "people": 3, "budget": 9.5}),
+    ],
+)
+def test_teacher_records_the_choices_inference_offers(bundle, query, arguments):
+    """With the query, teacher mode records at each generated token exactly the ids extractive
+    inference would allow there (None only where nearly the whole vocabulary is allowed); the
+    token sequence itself is the one teacher mode writes without the query."""
+    from hyfunc.cascade.template import RECORD_ALLOWED_MAX, MachineLimits, TemplateMachine
+    from hyfunc.schema import Call
+
+    machine = TemplateMachine(bundle.lms_tokenizer, MachineLimits(copy_values=True))
+    gold = [Call(name="book_table", arguments=arguments)]
+    plain = machine.teacher(TOOLS, gold)
+    record = machine.teacher(TOOLS, gold, source=query)
+    assert record.ids == plain.ids and record.generated == plain.generated
+    generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
+    assert len(record.allowed) == len(generated)
+    for token, expected, allowed in zip(generated, _inference_allowed(machine, TOOLS, query, generated), record.allowed, strict=True):
+        if allowed is None:
+            assert len(expected) > RECORD_ALLOWED_MAX
+        else:
+            assert allowed == expected
+            assert token in allowed
+
+
+def test_constrained_loss_never_exceeds_the_full_softmax_loss(bundle):
+    import torch
+
+    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.cascade.template import TemplateMachine
+    from hyfunc.schema import Call
+    from hyfunc.training.lms import build_sequence, selective_loss
+
+    machine = TemplateMachine(bundle.lms_tokenizer)
+    torch.manual_seed(0)
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=bundle.intent_dim, output_dim=bundle.lms_dim, hidden_dim=16))
+    gold = [Call(name="book_table", arguments={"restaurant": "Noma", "people": 12, "budget": 300})]
+    query = "Table at Noma for 12 tonight with a budget of 300"
+    soft = torch.randn(bundle.intent_dim)
+    full = build_sequence(machine, bundle.lms_tokenizer, query, TOOLS, gold, soft, 1)
+    narrow = build_sequence(machine, bundle.lms_tokenizer, query, TOOLS, gold, soft, 1, constrained=True)
+    assert full.allowed is None and narrow.allowed is not None and full.ids == narrow.ids
+    soft_id = bundle.lms_tokenizer.convert_tokens_to_ids("<|soft|>")
+    with torch.no_grad():
+        a = float(selective_loss(bundle.lms, projector, [full], soft_id, 0, "cpu"))
+        b = float(selective_loss(bundle.lms, projector, [narrow], soft_id, 0, "cpu"))
+    assert b < a
+
+
+def test_teacher_writes_a_value_missing_from_the_query_freely(bundle):
+    """A gold string that is no span of the query (inference could not copy it) is recorded with
+    the free string choices, not with a copy set that excludes the gold token."""
+    from hyfunc.cascade.template import MachineLimits, TemplateMachine
+    from hyfunc.schema import Call
+
+    machine = TemplateMachine(bundle.lms_tokenizer, MachineLimits(copy_values=True))
+    gold = [Call(name="book_table", arguments={"restaurant": "Sushi Saito", "people": 2, "budget": 80.5})]
+    record = machine.teacher(TOOLS, gold, source="reserve a table, 2 guests, 80.5 max")
+    assert record.ids == machine.teacher(TOOLS, gold).ids
+    generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
+    for token, allowed in zip(generated, record.allowed, strict=True):
+        assert allowed is None or token in allowed
+    assert None in record.allowed  # the restaurant name, written freely

@@ -8,6 +8,7 @@ different ``max_calls`` (the decoder runs whatever program each job brings).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -171,3 +172,37 @@ def test_a_failing_program_fails_only_its_row(decoder, tiny_bundle, make_machine
 
 def test_empty_batch(decoder) -> None:
     assert decoder.decode([]) == []
+
+
+def test_retriever_prior_steers_the_first_name_choice(decoder, tiny_bundle, make_machine) -> None:
+    """A name prior is a bias per branch token: a strong prior picks its tool for the first call;
+    a flat prior leaves the LMS's own choice alone."""
+    tokenizer = tiny_bundle.lms_tokenizer
+    candidates = [WEATHER, FLIGHTS, PING]
+    machine = make_machine(max_calls=1, **LIMITS)
+    soft = torch.randn(1, tiny_bundle.lms_dim, generator=torch.Generator().manual_seed(7))
+    prompt = tokenizer.encode(lms_job_prompt("weather in Rome", candidates, 1), add_special_tokens=False)
+
+    def first_name(prior: list[float] | None) -> str:
+        (result,) = decoder.decode([DecodeJob(prompt, soft, machine.program(candidates, prior=prior))])
+        assert result.error is None
+        return result.calls[0].name
+
+    own = first_name(None)
+    assert first_name([0.0, 0.0, 0.0]) == own
+    for target in range(3):
+        prior = [0.0 if i == target else -1e4 for i in range(3)]
+        assert first_name(prior) == candidates[target].name
+
+
+def test_name_prior_bias_is_the_log_mass_behind_each_token(make_machine) -> None:
+    """Options sharing a first token pool their prior; the biases are log-probabilities."""
+    machine = make_machine()
+    options = [[1, 2], [1, 3], [4]]
+    program = machine._choose(options, None, prior=[math.log(0.5), math.log(0.25), math.log(0.25)])
+    step = next(program)
+    assert isinstance(step, Generate) and step.allowed == [1, 4]
+    assert step.bias == pytest.approx([math.log(0.75), math.log(0.25)])
+    step = program.send(1)
+    assert step.allowed == [2, 3]
+    assert step.bias == pytest.approx([math.log(2 / 3), math.log(1 / 3)])

@@ -84,3 +84,23 @@ def test_resume_continues_from_checkpoint(bundle, sequences, tmp_path):
     resumed = train_lms(resumed_lms, resumed_proj, bundle.lms_tokenizer, sequences, cfg, tmp_path / "b", progress=False)
     assert len(resumed) == 20
     assert resumed[-1] == pytest.approx(full[-1], rel=1e-4)
+
+
+def test_shared_prefix_loss_equals_full_loss(bundle, sequences):
+    """Running the common system prefix once and repeating its KV changes neither loss nor gradients."""
+    from hyfunc.training.lms import shared_prefix_length
+
+    lms = copy.deepcopy(bundle.lms).float()
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=bundle.intent_dim, output_dim=bundle.lms_dim, hidden_dim=32))
+    soft_id = bundle.lms_tokenizer.convert_tokens_to_ids("<|soft|>")
+    pad = bundle.lms_tokenizer.pad_token_id or 0
+    assert shared_prefix_length(sequences) > 10
+    results = []
+    for share in (False, True):
+        lms.zero_grad()
+        loss = selective_loss(lms, projector, sequences, soft_id, pad, "cpu", share_prefix=share)
+        loss.backward()
+        results.append((float(loss), lms.get_input_embeddings().weight.grad.clone()))
+    (full, full_grad), (shared, shared_grad) = results
+    assert shared == pytest.approx(full, rel=1e-5)
+    assert torch.allclose(full_grad, shared_grad, atol=1e-6)
