@@ -75,6 +75,24 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_intent(args: argparse.Namespace) -> int:
+    """The intent-model choice, measured: the recipe's intent model vs a causal LML trained here."""
+    from hyfunc.training.intent_lm import IntentLMConfig, compare_intent_models
+
+    recipe = _recipe(args.config, {"work_dir": args.work_dir, "device": args.device})
+    report = compare_intent_models(recipe, IntentLMConfig(steps=args.lm_steps))
+    rows = report["results"]
+    keys = [k for k in rows[0] if k != "intent"]
+    print("| intent model | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for row in rows:
+        print(f"| {row['intent']} | " + " | ".join(str(row[k]) for k in keys) + " |")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def _stage_command(stage: str):
     def run(args: argparse.Namespace) -> int:
         from hyfunc.training import pipeline
@@ -120,6 +138,15 @@ def add_train_commands(sub) -> None:
     everything.add_argument("--work-dir")
     everything.add_argument("--device")
     everything.set_defaults(func=cmd_train_all)
+    compare = tsub.add_parser(
+        "compare-intent", help="held-out retriever quality with the recipe's intent model vs a causal LML trained here"
+    )
+    compare.add_argument("--config", default=str(DEMO_CONFIG))
+    compare.add_argument("--work-dir")
+    compare.add_argument("--device")
+    compare.add_argument("--lm-steps", type=int, default=1500, help="training steps of the from-scratch causal LML")
+    compare.add_argument("--out", help="also write the report as JSON here")
+    compare.set_defaults(func=cmd_compare_intent)
     demo = tsub.add_parser("demo", help="reproduce the shipped demo models (models/demo)")
     demo.add_argument("--out")
     demo.add_argument("--work-dir")

@@ -104,3 +104,31 @@ def test_shared_prefix_loss_equals_full_loss(bundle, sequences):
     (full, full_grad), (shared, shared_grad) = results
     assert shared == pytest.approx(full, rel=1e-5)
     assert torch.allclose(full_grad, shared_grad, atol=1e-6)
+
+
+def test_intent_lm_from_scratch_learns_and_encodes(bundle):
+    """The from-scratch causal LML (the intent-model comparison's challenger) lowers its LM loss
+    and serves soft tokens through the same IntentEncoder as any causal checkpoint."""
+    import torch.nn.functional as F
+
+    from hyfunc.cascade.intent import IntentEncoder
+    from hyfunc.training.intent_lm import IntentLMConfig, intent_corpus, train_intent_lm
+
+    examples = generate_demo_examples("train", 30, 5)
+    texts = intent_corpus(examples)
+    assert any("<|im_start|>user" in t for t in texts) and len(texts) > len(examples)
+    tokenizer = bundle.lms_tokenizer
+
+    def lm_loss(model) -> float:
+        ids = torch.tensor([tokenizer.encode(texts[0], add_special_tokens=False)])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        return float(F.cross_entropy(logits, ids[0, 1:]))
+
+    cfg = IntentLMConfig(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, steps=40, batch_size=8, lr=5e-3)
+    untrained = train_intent_lm(texts, tokenizer, IntentLMConfig(**{**cfg.__dict__, "steps": 0}), progress=False)
+    trained = train_intent_lm(texts, tokenizer, cfg, progress=False)
+    assert lm_loss(trained) < lm_loss(untrained) - 0.5
+    encoder = IntentEncoder(trained, tokenizer, "causal", torch.device("cpu"))
+    out = encoder.soft_tokens([examples[0].query, examples[1].query])
+    assert out.soft_tokens.shape == (2, 32) and torch.isfinite(out.soft_tokens).all()
