@@ -35,6 +35,7 @@ class CascadeConfig(BaseModel):
     max_number_tokens: int = Field(default=12, ge=1)
     max_array_items: int = Field(default=8, ge=1)
     copy_values: bool = False  # extractive string/number values (see TemplateMachine); the demo config turns it on
+    copy_distinct: bool = True  # with copy_values: one mention of the query feeds at most one value per call
     # Weight of the retriever's belief in the LMS's function-name choice (0: the LMS alone).
     retriever_prior: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=16, ge=1)

@@ -41,6 +41,7 @@ class Cascade:
             max_number_tokens=self.config.max_number_tokens,
             max_array_items=self.config.max_array_items,
             copy_values=self.config.copy_values,
+            copy_distinct=self.config.copy_distinct,
         )
         self.machine = TemplateMachine(bundle.lms_tokenizer, limits, logits_size=int(bundle.lms.config.vocab_size))
         self.decoder = LMSDecoder(bundle.lms, bundle.lms_tokenizer, self.machine, bundle.device)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,9 @@ class MachineLimits:
     # Extractive values: string and number values must be substrings of the query (the model
     # still picks which span, token by token); when no token fits, decoding falls back to free.
     copy_values: bool = False
+    # With copy_values: within one call, a stretch of the query feeds at most one value (a
+    # second "2026-07-11" needs a second mention; a list of names cannot repeat one mention).
+    copy_distinct: bool = True
 
 
 @dataclass
@@ -170,43 +174,79 @@ class TemplateMachine:
         view._source_tokens = {
             tid: data for tid, data in enumerate(self.vocab.token_bytes) if data and data in escaped
         }
+        view._new_call()
         return view
 
+    def _new_call(self) -> None:
+        """Forget which stretches of the source this call's values used (views only)."""
+        if self._source is not None:
+            self._used_spans: list[tuple[int, int]] = []
+            self._used_numbers: Counter[str] = Counter()
+
     def _source_numbers(self, integer: bool) -> set[str]:
-        """The number literals written in the source (integers only, for integer parameters)."""
+        """The number literals written in the source (integers only, for integer parameters),
+        less those whose every mention already fed a value of this call (``copy_distinct``)."""
         assert self._source is not None
         text = self._source.decode("utf-8", errors="replace")
         # Whole numbers only: not the pieces of a date, a version or a word ("2026-04-18", "pm2.5").
-        found = re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text)
+        found = Counter(re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text))
+        if self.limits.copy_distinct:
+            found -= self._used_numbers
         return {lit for lit in found if not integer or "." not in lit}
+
+    def _use_number(self, literal: str) -> None:
+        if self._source is not None:
+            self._used_numbers[literal] += 1
+
+    @staticmethod
+    def _word_byte(b: int) -> bool:
+        return b >= 0x80 or chr(b).isalnum()
+
+    def _span_starts(self, text: bytes) -> list[int]:
+        """Where ``text`` occurs in the source starting at a word boundary, outside the stretches
+        this call's values already used."""
+        assert self._source is not None
+        source = self._source
+        # A value never starts with whitespace, and never inside a word.
+        if chr(text[0]).isspace():
+            return []
+        used = self._used_spans if self.limits.copy_distinct else []
+        found, at = [], source.find(text)
+        while at != -1:
+            if (at == 0 or not self._word_byte(source[at - 1]) or not self._word_byte(text[0])) and not any(
+                a < at + len(text) and at < b for a, b in used
+            ):
+                found.append(at)
+            at = source.find(text, at + 1)
+        return found
+
+    def _whole_word_ends(self, text: bytes) -> list[int]:
+        """Starts of the mentions of ``text`` that also end at a word boundary (a whole value)."""
+        assert self._source is not None
+        source = self._source
+        if not text or chr(text[-1]).isspace():
+            return []
+        return [
+            at
+            for at in self._span_starts(text)
+            if at + len(text) == len(source) or not self._word_byte(source[at + len(text)]) or not self._word_byte(text[-1])
+        ]
+
+    def _use_span(self, value: bytes) -> None:
+        """Mark the first free whole-word mention of a finished string value as used."""
+        if self._source is None or not value:
+            return
+        starts = self._whole_word_ends(value)
+        if starts:
+            self._used_spans.append((starts[0], starts[0] + len(value)))
 
     def _copy_options(self, prefix: bytes, pool: dict[int, bytes] | None = None) -> tuple[set[int], bool]:
         """Extractive decoding over the source: which tokens extend ``prefix`` to a longer span
         that starts at a word boundary, and whether ``prefix`` itself is a whole-word span (so the
         value may end here). Spans never start or end inside a word: "Vanc" is not a value."""
-        assert self._source is not None
-        source = self._source
-
-        def word_byte(b: int) -> bool:
-            return b >= 0x80 or chr(b).isalnum()
-
-        def starts(text: bytes) -> list[int]:
-            # A value never starts with whitespace, and never inside a word.
-            if chr(text[0]).isspace():
-                return []
-            found, at = [], source.find(text)
-            while at != -1:
-                if at == 0 or not word_byte(source[at - 1]) or not word_byte(text[0]):
-                    found.append(at)
-                at = source.find(text, at + 1)
-            return found
-
         candidates = self._source_tokens if pool is None else pool
-        extend = {tid for tid, data in candidates.items() if starts(prefix + data)}
-        closable = bool(prefix) and not chr(prefix[-1]).isspace() and any(
-            end == len(source) or not word_byte(source[end]) or not word_byte(prefix[-1])
-            for end in (at + len(prefix) for at in starts(prefix))
-        )
+        extend = {tid for tid, data in candidates.items() if self._span_starts(prefix + data)}
+        closable = bool(prefix) and bool(self._whole_word_ends(prefix))
         return extend, closable
 
     def teacher(self, candidates: list[Tool], gold: list[Call], source: str | None = None) -> TokenRecord:
@@ -275,6 +315,7 @@ class TemplateMachine:
             # The retriever ranks tools for the query as a whole: it says which tool comes first,
             # not which one a second call needs (often the same tool again, or the runner-up).
             index = yield from self._choose(name_options, gold_index, prior=prior if not calls else None)
+            self._new_call()
             tool = candidates[index]
             yield Inject(self.encode(ARGS_OPEN))
             params = tool.function.parameters
@@ -395,6 +436,7 @@ class TemplateMachine:
             content.append(token)
         if len(content) >= self.limits.max_string_tokens:
             yield Inject([vocab.quote_id])
+        self._use_span(vocab.decode_value_bytes(content))
         raw = vocab.decode_value_bytes(content).decode("utf-8", errors="replace")
         try:
             value = json.loads('"' + raw + '"')
@@ -457,8 +499,10 @@ class TemplateMachine:
             if not text and alt_ids and any(ids[0] == token for ids in alt_ids):
                 index = yield from self._choose(alt_ids, gold_alt, first=token)
                 return _ALT, index
+            self._use_number(text)
             index = yield from self._choose(then_ids, gold_then, first=token)
             return json.loads(text), index
+        self._use_number(text)
         index = yield from self._choose(then_ids, gold_then)
         return json.loads(text), index
 

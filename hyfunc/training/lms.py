@@ -140,14 +140,34 @@ def selective_loss(
 def _allowed_mask(seqs: list[LMSSequence], vocab: int, device) -> torch.Tensor:
     """(targets, vocab) bool: row t allows what inference allowed at target t (rows in the order
     boolean indexing yields them: sequence by sequence, position by position)."""
-    rows = [choices for s in seqs for choices in s.allowed]
-    mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
-    for r, choices in enumerate(rows):
-        if choices is None:
-            mask[r] = True
-        else:
-            mask[r, [c for c in choices if c < vocab]] = True
+    rows, cols, free = [], [], []
+    offset = 0
+    for s in seqs:
+        r, c, f = _sparse_allowed(s)
+        rows.append(r + offset)
+        cols.append(c)
+        free.append(f)
+        offset += f.numel()
+    mask = torch.zeros(offset, vocab, dtype=torch.bool)
+    cols_all = torch.cat(cols)
+    keep = cols_all < vocab
+    mask[torch.cat(rows)[keep], cols_all[keep]] = True
+    mask[torch.cat(free)] = True
     return mask.to(device)
+
+
+def _sparse_allowed(seq: LMSSequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, col) index pairs of a sequence's allowed sets and its unrestricted rows, built once
+    per sequence (the per-step Python loop would otherwise cost more than the model)."""
+    cached = getattr(seq, "_sparse", None)
+    if cached is None:
+        assert seq.allowed is not None
+        rows = [r for r, choices in enumerate(seq.allowed) if choices is not None for _ in choices]
+        cols = [c for choices in seq.allowed if choices is not None for c in choices]
+        free = torch.tensor([choices is None for choices in seq.allowed], dtype=torch.bool)
+        cached = (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long), free)
+        seq._sparse = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _lr_at(step: int, cfg: LMSTrainConfig) -> float:

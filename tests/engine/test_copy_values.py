@@ -167,3 +167,71 @@ def test_teacher_writes_a_value_missing_from_the_query_freely(bundle):
     for token, allowed in zip(generated, record.allowed, strict=True):
         assert allowed is None or token in allowed
     assert None in record.allowed  # the restaurant name, written freely
+
+
+TRIP = Tool.model_validate(
+    {
+        "name": "trip",
+        "description": "Plan a trip",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "origin": {"type": "string"},
+                "destination": {"type": "string"},
+                "adults": {"type": "integer"},
+                "rooms": {"type": "integer"},
+            },
+            "required": ["origin", "destination", "adults", "rooms"],
+        },
+    }
+)
+
+
+def _value_steps(machine, query: str, arguments: dict) -> list[list[int] | None]:
+    """The allowed sets teacher mode records (== what inference offers) for one trip call."""
+    from hyfunc.schema import Call
+
+    record = machine.teacher([TRIP], [Call(name="trip", arguments=arguments)], source=query)
+    return record.allowed
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_one_mention_feeds_one_value_per_call(bundle, distinct):
+    """copy_distinct: once "Paris" fed the origin, the destination may not copy that mention
+    again (it may copy a second one); a number mentioned once feeds one value."""
+    from hyfunc.cascade.template import MachineLimits, TemplateMachine
+
+    machine = TemplateMachine(bundle.lms_tokenizer, MachineLimits(copy_values=True, copy_distinct=distinct))
+    paris = machine.encode("Paris")[0]
+    rome = machine.encode("Rome")[0]
+    args = {"origin": "Paris", "destination": "Rome", "adults": 2, "rooms": 3}
+    steps = [a for a in _value_steps(machine, "Paris or Rome, 2 adults, 3 rooms", args) if a is not None]
+    # The origin's and then the destination's first steps are the allowed sets offering Rome.
+    destination_first = [a for a in steps if rome in a][1]
+    assert (paris in destination_first) is (not distinct)
+
+    # Two mentions: the destination may copy the second "Paris".
+    twice = {"origin": "Paris", "destination": "Paris", "adults": 2, "rooms": 2}
+    steps = _value_steps(machine, "Paris to Paris, 2 adults, 2 rooms", twice)
+    assert sum(1 for a in steps if a is not None and paris in a) >= 2
+    # "2" written twice feeds two integers; written once, the second integer is no copy.
+    two = machine.encode("2")[0]
+    steps = [a for a in _value_steps(machine, "Paris to Paris, 2 adults, 2 rooms", twice) if a is not None and two in a]
+    assert len(steps) >= 2
+    once = {"origin": "Paris", "destination": "Rome", "adults": 2, "rooms": 2}
+    steps = _value_steps(machine, "Paris or Rome for 2 adults", once)
+    copy_steps_with_two = [a for a in steps if a is not None and two in a and len(a) <= 3]
+    assert len(copy_steps_with_two) == (1 if distinct else 2)
+
+
+def test_a_new_call_may_copy_the_same_mention_again(bundle):
+    """Distinctness is per call: "check the weather in Paris and book a hotel there" needs Paris twice."""
+    from hyfunc.cascade.template import MachineLimits, TemplateMachine
+    from hyfunc.schema import Call
+
+    machine = TemplateMachine(bundle.lms_tokenizer, MachineLimits(copy_values=True))
+    paris = machine.encode("Paris")[0]
+    gold = [Call(name="book_table", arguments={"restaurant": "Paris", "people": 2, "budget": 10}) for _ in range(2)]
+    record = machine.teacher(TOOLS, gold, source="Paris, 2 people, 10 dollars")
+    restaurant_steps = [a for a in record.allowed if a is not None and paris in a]
+    assert len(restaurant_steps) == 2
