@@ -46,6 +46,18 @@ def write_model_card(directory: Path, report: dict[str, Any], command: str) -> P
         lines.append(f"| {key} | {value} |")
     for key, value in retriever.items():
         lines.append(f"| retriever {key} | {value if not isinstance(value, float) else round(value, 4)} |")
+    free = report.get("heldout_free_decoding")
+    if free:
+        lines += ["", f"With free value decoding (`cascade.copy_values: false`): exact_match {free.get('exact_match')}, "
+                  f"function_accuracy {free.get('function_accuracy')}."]
+    if recipe:
+        lines += [
+            "",
+            "## Recipe",
+            "",
+            f"{recipe.get('n_train')} generated train examples plus {recipe.get('augment')} value-randomised copies each; "
+            f"retriever {recipe.get('retriever_steps')} steps; LMS `{recipe.get('lms')}`.",
+        ]
     lines += [
         "",
         f"Training time: {report.get('train_seconds')} s (whole command {report.get('total_seconds')} s) on 2 CPU cores.",
