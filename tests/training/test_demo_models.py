@@ -21,7 +21,7 @@ MODELS = ROOT / "models" / "demo"
 # The target is 0.90 exact match; the shipped models measure below it (see the model
 # card). The floor guards against regressions of what the models do reach today; the target
 # test below records the gap instead of hiding it.
-FLOOR = 0.30
+FLOOR = 0.40
 TARGET = 0.90
 
 pytestmark = pytest.mark.skipif(not (MODELS / "hyfunc.json").exists(), reason="models/demo not present")
