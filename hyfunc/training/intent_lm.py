@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,12 @@ from tqdm import tqdm
 
 from hyfunc.cascade.prompts import intent_prompt, tool_text
 from hyfunc.training.data import Example
+from hyfunc.training.pipeline import LMSArch
 
 
 @dataclass
 class IntentLMConfig:
-    hidden: int = 192
-    layers: int = 4
-    heads: int = 6
-    kv_heads: int = 2
-    intermediate: int = 512
+    arch: LMSArch = field(default_factory=LMSArch)  # same shape options as the LMS's
     steps: int = 1500
     batch_size: int = 32
     lr: float = 2e-3
@@ -54,7 +51,8 @@ def train_intent_lm(texts: list[str], tokenizer, cfg: IntentLMConfig, progress: 
     if not texts:
         raise ValueError("the intent model needs training text")
     torch.manual_seed(cfg.seed)
-    config = qwen3_config(len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate)
+    arch = cfg.arch
+    config = qwen3_config(len(tokenizer), arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.intermediate)
     config.pad_token_id = tokenizer.pad_token_id
     model = Qwen3ForCausalLM(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -125,6 +123,6 @@ def compare_intent_models(recipe, lm: IntentLMConfig, progress: bool = True) -> 
     tokenizer = train_tokenizer_stage(recipe, train, work)
     model = train_intent_lm(intent_corpus(train), tokenizer, lm, progress=progress)
     scratch = IntentEncoder(model, tokenizer, "causal", torch.device("cpu"))
-    label = f"causal LML from scratch ({lm.layers}x{lm.hidden}, {lm.steps} steps)"
+    label = f"causal LML from scratch ({lm.arch.layers}x{lm.arch.hidden}, {lm.steps} steps)"
     results.append(measure(label, scratch, work / "intent_scratch_embeddings", time.time() - started))
     return {"heldout": len(heldout), "train": len(train), "results": results}

@@ -113,6 +113,7 @@ def test_intent_lm_from_scratch_learns_and_encodes(bundle):
 
     from hyfunc.cascade.intent import IntentEncoder
     from hyfunc.training.intent_lm import IntentLMConfig, intent_corpus, train_intent_lm
+    from hyfunc.training.pipeline import LMSArch
 
     examples = generate_demo_examples("train", 30, 5)
     texts = intent_corpus(examples)
@@ -125,8 +126,9 @@ def test_intent_lm_from_scratch_learns_and_encodes(bundle):
             logits = model(input_ids=ids).logits[0, :-1]
         return float(F.cross_entropy(logits, ids[0, 1:]))
 
-    cfg = IntentLMConfig(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, steps=40, batch_size=8, lr=5e-3)
-    untrained = train_intent_lm(texts, tokenizer, IntentLMConfig(**{**cfg.__dict__, "steps": 0}), progress=False)
+    arch = LMSArch(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
+    cfg = IntentLMConfig(arch=arch, steps=40, batch_size=8, lr=5e-3)
+    untrained = train_intent_lm(texts, tokenizer, IntentLMConfig(arch=arch, steps=0), progress=False)
     trained = train_intent_lm(texts, tokenizer, cfg, progress=False)
     assert lm_loss(trained) < lm_loss(untrained) - 0.5
     encoder = IntentEncoder(trained, tokenizer, "causal", torch.device("cpu"))
