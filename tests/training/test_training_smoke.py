@@ -100,7 +100,7 @@ def test_shared_prefix_loss_equals_full_loss(bundle, sequences):
         lms.zero_grad()
         loss = selective_loss(lms, projector, sequences, soft_id, pad, "cpu", share_prefix=share)
         loss.backward()
-        results.append((float(loss), lms.get_input_embeddings().weight.grad.clone()))
+        results.append((loss.item(), lms.get_input_embeddings().weight.grad.clone()))
     (full, full_grad), (shared, shared_grad) = results
     assert shared == pytest.approx(full, rel=1e-5)
     assert torch.allclose(full_grad, shared_grad, atol=1e-6)
