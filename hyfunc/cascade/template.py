@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Generator
@@ -148,21 +149,25 @@ class TemplateMachine:
     ) -> Program:
         """The answer program for one job. With ``gold``, each Generate carries the gold token.
 
-        ``source`` (the query) enables extractive values when ``limits.copy_values`` is on;
-        teacher mode never applies it (training sequences do not depend on it).
+        ``source`` (the query) enables extractive values when ``limits.copy_values`` is on; with
+        ``gold`` it is ignored here (``teacher(source=...)`` records the copy choices instead).
         ``prior``: one log-prior per candidate (the retriever's belief), added to the LMS's own
-        log-probabilities wherever it chooses a function name."""
+        log-probabilities where it chooses the first call's function name."""
+        self._check(candidates, gold)
         if prior is not None and len(prior) != len(candidates):
             raise TemplateError("one prior per candidate")
-        if not candidates:
-            raise TemplateError("the template machine needs at least one candidate tool")
-        if gold is not None and not gold:
-            raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
         if gold is not None:
             prior = None
         if self.limits.copy_values and source and gold is None:
             return self._with_source(source)._answer(candidates, gold, prior)
         return self._answer(candidates, gold, prior)
+
+    @staticmethod
+    def _check(candidates: list[Tool], gold: list[Call] | None) -> None:
+        if not candidates:
+            raise TemplateError("the template machine needs at least one candidate tool")
+        if gold is not None and not gold:
+            raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
 
     def _with_source(self, source: str) -> TemplateMachine:
         """A per-job view sharing every table, plus the query bytes and the tokens found in it.
@@ -255,9 +260,9 @@ class TemplateMachine:
         With ``source`` (the query), each step's allowed set is the one extractive decoding would
         offer wherever the gold value is a span of the source (the ids are unchanged; only
         ``record.allowed`` differs), so training can score the choices inference really makes."""
+        self._check(candidates, gold)
         record = TokenRecord()
-        machine = self._with_source(source) if source else self
-        program = machine._answer(candidates, gold) if source else self.program(candidates, gold)
+        program = (self._with_source(source) if source else self)._answer(candidates, gold)
         send: int | None = None
         try:
             while True:
@@ -436,8 +441,9 @@ class TemplateMachine:
             content.append(token)
         if len(content) >= self.limits.max_string_tokens:
             yield Inject([vocab.quote_id])
-        self._use_span(vocab.decode_value_bytes(content))
-        raw = vocab.decode_value_bytes(content).decode("utf-8", errors="replace")
+        value_bytes = vocab.decode_value_bytes(content)
+        self._use_span(value_bytes)
+        raw = value_bytes.decode("utf-8", errors="replace")
         try:
             value = json.loads('"' + raw + '"')
         except json.JSONDecodeError:  # unreachable by construction; kept as a guard for odd tokenizers
@@ -680,16 +686,18 @@ class TemplateMachine:
                 target = options[gold_index][pos] if gold_index is not None else None
                 bias = None
                 if prior is not None:
-                    total = torch.logsumexp(torch.tensor([prior[i] for i in alive]), 0)
-                    bias = [
-                        float(torch.logsumexp(torch.tensor([prior[i] for i in alive if options[i][pos] == t]), 0) - total)
-                        for t in nexts
-                    ]
+                    total = _logsumexp([prior[i] for i in alive])
+                    bias = [_logsumexp([prior[i] for i in alive if options[i][pos] == t]) - total for t in nexts]
                 token = yield Generate(nexts, target, bias)
                 if token not in nexts:
                     raise TemplateError(f"token {token} is not one of the allowed choices")
             alive = [i for i in alive if options[i][pos] == token]
             pos += 1
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _allowed_list(allowed: list[int] | torch.Tensor) -> list[int] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,8 @@ class LMSSequence:
     soft: torch.Tensor  # (d_lml,) the query's soft token
     # Per target, in order: the ids inference would choose among (None: the whole vocabulary).
     allowed: list[list[int] | None] | None = None
+    # `allowed` as (row, col) index tensors plus unrestricted rows; built on first use.
+    sparse_allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -74,15 +76,14 @@ def build_sequence(
 
 
 def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence], soft_id: int, pad_id: int, device):
+    """Right-padded ids, loss-target flags and input embeddings (soft-token slots filled)."""
     width = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
     targets = torch.zeros((len(seqs), width), dtype=torch.bool)
     for r, s in enumerate(seqs):
         ids[r, : len(s.ids)] = torch.tensor(s.ids)
-        mask[r, : len(s.ids)] = 1
         targets[r, : len(s.ids)] = torch.tensor(s.generated)
-    ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+    ids, targets = ids.to(device), targets.to(device)
     slots = ids == soft_id
     embeds = model.get_input_embeddings()(ids.masked_fill(slots, pad_id))
     soft = projector(torch.stack([s.soft for s in seqs]).to(device))  # (B, n, d)
@@ -92,7 +93,7 @@ def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence],
         slot_rank = torch.cat([torch.arange(int(n)) for n in per_row.tolist()]).to(device)
         embeds = embeds.clone()
         embeds[rows, cols] = soft[rows, slot_rank].to(embeds.dtype)
-    return ids, mask, targets, embeds
+    return ids, targets, embeds
 
 
 def shared_prefix_length(seqs: list[LMSSequence]) -> int:
@@ -116,7 +117,7 @@ def selective_loss(
     Every sequence opens with the same system prefix. As at inference, its keys and values are
     computed once (batch of one) and repeated for the batch: a quarter of the tokens of a demo
     sequence, run once instead of once per row. The loss is the same either way."""
-    ids, _, targets, embeds = _batch_inputs(model, projector, seqs, soft_id, pad_id, device)
+    ids, targets, embeds = _batch_inputs(model, projector, seqs, soft_id, pad_id, device)
     # No attention mask: rows are right-padded, so under causal attention no real token ever sees
     # a pad (pads only follow it), and pads are never targets. Passing the padding mask would
     # force attention off its fused causal kernel onto a materialised-mask path, about 2.5x slower
@@ -159,15 +160,13 @@ def _allowed_mask(seqs: list[LMSSequence], vocab: int, device) -> torch.Tensor:
 def _sparse_allowed(seq: LMSSequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, col) index pairs of a sequence's allowed sets and its unrestricted rows, built once
     per sequence (the per-step Python loop would otherwise cost more than the model)."""
-    cached = getattr(seq, "_sparse", None)
-    if cached is None:
+    if seq.sparse_allowed is None:
         assert seq.allowed is not None
         rows = [r for r, choices in enumerate(seq.allowed) if choices is not None for _ in choices]
         cols = [c for choices in seq.allowed if choices is not None for c in choices]
         free = torch.tensor([choices is None for choices in seq.allowed], dtype=torch.bool)
-        cached = (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long), free)
-        seq._sparse = cached  # type: ignore[attr-defined]
-    return cached
+        seq.sparse_allowed = (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long), free)
+    return seq.sparse_allowed
 
 
 def _lr_at(step: int, cfg: LMSTrainConfig) -> float:
