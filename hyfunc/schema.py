@@ -4,6 +4,13 @@ Tools follow the OpenAI function format. Parameters are a JSON Schema subset:
 string, integer, number, boolean, array (with items), object (with properties),
 enum, required, default, description. A value with no type is accepted and treated
 as a free JSON string by the template machine.
+
+Schemas as users write them are accepted leniently (see `_lenient`): an `enum` whose values
+do not match the declared type (the enum wins), `enum`/`const` without `type`, type lists and
+`anyOf`/`oneOf` of simple types (one representable type is picked), `nullable`,
+`additionalProperties`, `$schema`, `title`. Each such change leaves a warning on the node, and
+`CallRequest.warnings` lists them with the field path; results carry them. What still cannot be
+represented (`$ref`, `allOf`, `not`, unions of objects or arrays) fails that request, naming the field.
 """
 
 from __future__ import annotations
@@ -12,7 +19,15 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 
@@ -29,17 +44,18 @@ class ParamSchema(BaseModel):
     required: list[str] | None = None
     items: ParamSchema | None = None
     default: Any = None
+    # What leniency changed on this node (not its children), for CallRequest.warnings.
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
-    @field_validator("type", mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _one_type(cls, value: Any) -> Any:
-        # ["string", "null"] is common in real schemas: keep the non-null type.
-        if isinstance(value, list):
-            non_null = [t for t in value if t != "null"]
-            if len(non_null) != 1:
-                raise ValueError(f"type list {value!r} must name exactly one non-null type")
-            return non_null[0]
-        return value
+    def _lenient(cls, data: Any, handler: Any) -> ParamSchema:
+        notes: list[str] = []
+        if isinstance(data, dict):
+            data = _normalise_node(data, notes)
+        node = handler(data)
+        node._notes[:0] = notes
+        return node
 
     @field_validator("type")
     @classmethod
@@ -68,11 +84,105 @@ class ParamSchema(BaseModel):
         if self.enum is not None and self.type in ("integer", "number", "boolean", "string"):
             bad = [v for v in self.enum if not _matches_scalar(self.type, v)]
             if bad:
-                raise ValueError(f"enum values {bad} do not match type {self.type!r}")
+                # OpenAI-style clients send e.g. integer with ['1', '2', 'dontcare']: the enum is
+                # what the model may choose from, so it wins over the declared type.
+                self._notes.append(
+                    f"enum values {bad} do not match type {self.type!r}; the enum values are used as given"
+                )
+                kinds = {_literal_type(v) for v in self.enum}
+                self.type = kinds.pop() if len(kinds) == 1 and None not in kinds else None
         return self
+
+    def warnings(self, path: str) -> list[str]:
+        """This node's and its children's leniency notes, each prefixed with its field path."""
+        out = [f"{path}: {note}" for note in self._notes]
+        for name, sub in (self.properties or {}).items():
+            out.extend(sub.warnings(f"{path}.properties.{name}"))
+        if self.items is not None:
+            out.extend(self.items.warnings(f"{path}.items"))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, by_alias=True)
+
+
+# Keys that only annotate a schema ($schema, title, nullable, additionalProperties, examples, ...)
+# pass through as extras: kept in the tool's JSON, ignored by the template machine, which writes
+# declared properties only and never null.
+# Keys whose meaning the template machine cannot honour: the request fails naming them.
+_UNSUPPORTED_KEYS = ("$ref", "allOf", "not", "if", "patternProperties")
+_SCALARS = ("string", "integer", "number", "boolean")
+
+
+def _literal_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _pick_type(types: list[str], where: str, notes: list[str]) -> str:
+    """One type the template machine can write for a union of simple types (null dropped)."""
+    non_null = list(dict.fromkeys(t for t in types if t != "null"))
+    if not non_null:
+        return "null"
+    if len(non_null) == 1:
+        return non_null[0]
+    if not all(isinstance(t, str) and t in _SCALARS for t in non_null):
+        raise ValueError(f"{where} {types!r}: only unions of simple types (string, integer, number, boolean) are supported")
+    # number holds every integer; any scalar can be written as a string; else the first listed.
+    if set(non_null) <= {"integer", "number"}:
+        chosen = "number"
+    elif "string" in non_null:
+        chosen = "string"
+    else:
+        chosen = non_null[0]
+    notes.append(f"{where} {non_null} is a union; values are generated as {chosen!r}")
+    return chosen
+
+
+def _normalise_node(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Rewrite the JSON Schema constructs users send into the supported subset, noting changes."""
+    present = [k for k in _UNSUPPORTED_KEYS if k in data]
+    if present:
+        raise ValueError(f"unsupported JSON Schema keyword {present[0]!r}")
+    data = dict(data)
+    if isinstance(data.get("type"), list):
+        data["type"] = _pick_type(data["type"], "type", notes)
+    for key in ("anyOf", "oneOf"):
+        if key not in data:
+            continue
+        branches = data.pop(key)
+        if not isinstance(branches, list) or not branches or not all(isinstance(b, dict) for b in branches):
+            raise ValueError(f"{key} must be a non-empty list of schemas")
+        non_null = [b for b in branches if b.get("type") != "null"]
+        if len(non_null) == 1:
+            # The nullable pattern [{...}, {"type": "null"}]: the branch is the schema.
+            data = {**non_null[0], **{k: v for k, v in data.items() if k not in non_null[0]}}
+            if isinstance(data.get("type"), list):
+                data["type"] = _pick_type(data["type"], "type", notes)
+            continue
+        types = []
+        for branch in non_null:
+            extra = set(branch) - {"type", "description", "title", "format"}
+            if extra or not isinstance(branch.get("type"), str):
+                raise ValueError(f"{key}: only branches of simple types are supported, got {branch!r}")
+            types.append(branch["type"])
+        data.setdefault("type", _pick_type(types, key, notes))
+    if "const" in data:
+        # A constant is an enum of one: the template machine injects it.
+        const = data.pop("const")
+        data.setdefault("enum", [const])
+    if data.get("type") is None and isinstance(data.get("enum"), list) and data["enum"]:
+        kinds = {_literal_type(v) for v in data["enum"]}
+        if len(kinds) == 1 and None not in kinds:
+            data["type"] = kinds.pop()
+    return data
 
 
 def _matches_scalar(json_type: str, value: Any) -> bool:
@@ -163,6 +273,11 @@ class CallRequest(BaseModel):
             raise ValueError("query must not be blank")
         return value
 
+    @property
+    def warnings(self) -> list[str]:
+        """What lenient schema parsing changed, per field (empty for schemas in the strict subset)."""
+        return [w for i, tool in enumerate(self.tools) for w in tool.function.parameters.warnings(f"tools.{i}.function.parameters")]
+
     @model_validator(mode="after")
     def _unique_names(self) -> CallRequest:
         names = [tool.name for tool in self.tools]
@@ -212,6 +327,7 @@ class CallResult(BaseModel):
     tokens: TokenCounts = Field(default_factory=TokenCounts)
     forward_passes: ForwardPasses = Field(default_factory=ForwardPasses)
     error: str | None = None
+    warnings: list[str] = Field(default_factory=list)  # lenient-schema changes (CallRequest.warnings)
 
 
 class RequestError(ValueError):

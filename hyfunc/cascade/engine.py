@@ -151,6 +151,7 @@ class Cascade:
                 candidates=[Candidate(name=h.tool.name, score=round(h.score, 6)) for h in hits[i]],
                 tokens=TokenCounts(lml_prompt=intent.prompt_tokens[i]),
                 forward_passes=ForwardPasses(lml=lml_passes),
+                warnings=request.warnings,
             )
             timings = StageTimings(lml=lml_ms, retrieve=retrieve_ms)
             if i in decoded:
