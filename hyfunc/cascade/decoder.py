@@ -24,6 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
+from hyfunc.cascade.sampler import BatchSampler
 from hyfunc.cascade.template import Generate, Inject, Program, TemplateMachine
 from hyfunc.schema import Call
 
@@ -77,6 +78,7 @@ class LMSDecoder:
         self.lm_head = model.get_output_embeddings()
         self.base = model.base_model
         self.vocab_size = int(self.lm_head.weight.shape[0])
+        self.sampler = BatchSampler(self.lm_head, self.vocab_size)
         self._prefix_cache: DynamicCache | None = None
         self.prefix_ids = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
         self.prefix_passes = 0  # shared-prefix prefills (once per process)
@@ -117,24 +119,6 @@ class LMSDecoder:
         row.stats.injected += len(injected)
         return injected
 
-    def _pick(self, logits: torch.Tensor, step: Generate) -> int:
-        if isinstance(step.allowed, torch.Tensor):
-            mask = step.allowed[: self.vocab_size].to(logits.device)
-            masked = logits.masked_fill(~mask, float("-inf"))
-        else:
-            inside = [k for k, t in enumerate(step.allowed) if t < self.vocab_size]
-            if not inside:
-                raise RuntimeError("no allowed token lies inside the LMS vocabulary")
-            allowed = torch.tensor([step.allowed[k] for k in inside], device=logits.device)
-            if step.bias is not None:
-                # Product of experts: the LMS's distribution over the allowed tokens times the prior.
-                scores = torch.log_softmax(logits[allowed].float(), dim=-1)
-                scores = scores + torch.tensor([step.bias[k] for k in inside], device=logits.device)
-                return int(allowed[int(torch.argmax(scores).item())].item())
-            masked = torch.full_like(logits, float("-inf"))
-            masked[allowed] = logits[allowed]
-        return int(torch.argmax(masked).item())
-
     # -- one batch -----------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -155,7 +139,7 @@ class LMSDecoder:
         attention = torch.ones(len(rows), prefix_len, dtype=torch.long, device=self.device)
 
         start = time.perf_counter()
-        logits, attention = self._forward(rows, chunks, cache, attention, jobs)
+        hidden, attention = self._forward(rows, chunks, cache, attention, jobs)
         prefill_ms = (time.perf_counter() - start) * 1000
         for row in rows:
             row.stats.prefill_ms = prefill_ms
@@ -165,11 +149,12 @@ class LMSDecoder:
         while True:
             keep: list[int] = []
             next_chunks: list[list[int]] = []
-            for slot, row in enumerate(live):
-                if row.done:
-                    continue
-                assert row.pending is not None
-                token = self._pick(logits[slot], row.pending)
+            deciding = [slot for slot, row in enumerate(live) if not row.done]
+            steps = [live[slot].pending for slot in deciding]
+            assert all(step is not None for step in steps)
+            picked = self.sampler.pick(hidden[deciding], steps) if deciding else []  # type: ignore[arg-type]
+            for slot, token in zip(deciding, picked, strict=True):
+                row = live[slot]
                 row.stats.generated += 1
                 injected = self._advance(row, token)
                 if row.done:
@@ -185,7 +170,7 @@ class LMSDecoder:
                 cache.batch_select_indices(index)
                 attention = attention[index]
                 live = [live[i] for i in keep]
-            logits, attention = self._forward(live, next_chunks, cache, attention, None)
+            hidden, attention = self._forward(live, next_chunks, cache, attention, None)
         for row in rows:
             if row.done and row.stats.decode_ms == 0.0:
                 row.stats.decode_ms = (time.perf_counter() - decode_start) * 1000
@@ -199,7 +184,8 @@ class LMSDecoder:
         attention: torch.Tensor,
         prefill_jobs: list[DecodeJob] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one right-padded chunk per row; returns each row's last-position logits."""
+        """Append one right-padded chunk per row; returns each row's last-position hidden state
+        (after the final norm; the sampler applies the LM head, only where a step needs it)."""
         width = max(len(c) for c in chunks)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         chunk_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -231,4 +217,4 @@ class LMSDecoder:
         self.forward_passes += 1
         last = chunk_mask.sum(dim=1) - 1
         hidden = out.last_hidden_state[torch.arange(len(rows), device=self.device), last]
-        return self.lm_head(hidden).float(), attention
+        return hidden, attention
