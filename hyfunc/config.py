@@ -67,12 +67,18 @@ class LimitsConfig(BaseModel):
     max_tools_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=2_000_000, ge=1)
     max_batch_size: int = Field(default=1000, ge=1)
+    # Bracket depth of a JSON (or JSONL line) body, checked on the raw bytes before parsing.
+    max_json_depth: int = Field(default=64, ge=2)
+    # properties/items nesting of a tool's parameters (the parameters object is level 1).
+    max_schema_depth: int = Field(default=16, ge=1)
 
 
 class ApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = 8000
+    # HMAC key for list cursors; None derives one from store.url (same for every replica).
+    cursor_secret: str | None = None
 
 
 class HyFuncConfig(BaseModel):
