@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -59,6 +59,17 @@ class WorkerConfig(BaseModel):
     sweep_interval: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     concurrency: int = Field(default=1, ge=1)
+    # Liveness: a worker beats every heartbeat_interval s; after heartbeat_misses missed
+    # beats the sweeper marks it dead and re-enqueues its running jobs.
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    heartbeat_misses: int = Field(default=3, ge=2)
+    # The sweeper re-sends a queued job whose message is missing from the broker only
+    # after this many seconds since it was last sent (no duplicates for fresh messages).
+    requeue_grace_seconds: float = Field(default=10.0, gt=0)
+    # Wall-clock bound on one cascade batch; a job over it (run alone) fails by itself.
+    batch_deadline_seconds: float | None = Field(default=60.0, gt=0)
+    # How long a worker keeps retrying to write a computed batch while the database is down.
+    db_retry_seconds: float = Field(default=120.0, ge=0)
 
 
 class LimitsConfig(BaseModel):
@@ -77,20 +88,37 @@ class ApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = 8000
+    # /metrics carries every tenant's job counts: when set, it answers only
+    # `Authorization: Bearer <metrics_token>` (also $HYFUNC_METRICS_TOKEN).
+    metrics_token: str | None = None
     # HMAC key for list cursors; None derives one from store.url (same for every replica).
     cursor_secret: str | None = None
 
 
 class HyFuncConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
-    training: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)  # checked by the training Recipe (below)
     source: str | None = None  # where this config was read from
+
+    @field_validator("training")
+    @classmethod
+    def _training_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The training recipe owns these keys (and rejects unknown ones at every level);
+        # imported only when a config has a training section, since it pulls in torch.
+        if value:
+            from hyfunc.training.pipeline import Recipe
+
+            try:
+                Recipe.from_dict(value)
+            except TypeError as err:  # a dataclass's unknown keyword, e.g. training.lms.stepz
+                raise ValueError(str(err)) from None
+        return value
 
     def models_dir(self) -> Path | None:
         if not self.models.dir:
@@ -115,6 +143,7 @@ _ENV_OVERRIDES = {
     "HYFUNC_DATABASE_URL": ("store", "url"),
     "HYFUNC_BROKER_URL": ("worker", "broker_url"),
     "HYFUNC_QUEUE": ("worker", "queue"),
+    "HYFUNC_METRICS_TOKEN": ("api", "metrics_token"),
 }
 
 
