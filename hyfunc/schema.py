@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import (
@@ -77,7 +78,10 @@ class ParamSchema(BaseModel):
             props = self.properties or {}
             missing = [name for name in self.required if name not in props]
             if missing:
-                raise ValueError(f"required names {missing} that are not in properties")
+                # Seen in real tool docs (BFCL too): the template machine writes declared
+                # properties only, so names it cannot write are dropped from `required`.
+                self._notes.append(f"required names {missing} are not in properties; ignored")
+                self.required = [name for name in self.required if name in props] or None
         if self.type == "array" and self.items is None:
             # An array without items is legal JSON Schema; treat its items as free strings.
             self.items = ParamSchema(type="string")
@@ -342,10 +346,60 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def find_non_finite(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or ±Infinity in a JSON-like value, or None.
+
+    Python's json reads NaN, Infinity and 1e999 as floats, but they are not JSON: stored
+    or echoed back they break PostgreSQL's json type and every strict client.
+    Iterative, so a deeply nested value cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return where or "<root>"
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+    return None
+
+
+def schema_depth(schema: Any) -> int:
+    """How deep `properties`/`items` nest in a raw parameters schema (the object itself is 1).
+
+    Read on the raw dict, before pydantic builds the recursive model, so the depth limit
+    (limits.max_schema_depth) bounds that work too.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        deepest = max(deepest, depth)
+        props = node.get("properties")
+        if isinstance(props, dict):
+            stack.extend((sub, depth + 1) for sub in props.values())
+        items = node.get("items")
+        if isinstance(items, dict):
+            stack.append((items, depth + 1))
+        elif isinstance(items, list):  # tuple form
+            stack.extend((sub, depth + 1) for sub in items)
+        for key in ("anyOf", "oneOf", "allOf"):  # alternatives sit at the same level
+            alternatives = node.get(key)
+            if isinstance(alternatives, list):
+                stack.extend((sub, depth) for sub in alternatives)
+    return deepest
+
+
 def parse_request(data: Any) -> CallRequest:
     """Validate one request dict; raise RequestError with a readable message."""
     if not isinstance(data, dict):
         raise RequestError(f"request must be a JSON object, got {type(data).__name__}")
+    bad = find_non_finite(data)
+    if bad is not None:
+        raise RequestError(f"{bad}: NaN and Infinity are not JSON numbers")
     try:
         return CallRequest.model_validate(data)
     except ValidationError as err:
