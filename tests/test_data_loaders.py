@@ -174,3 +174,40 @@ def test_shipped_bfcl_categories_load(category, minimum, no_call):
     assert all((e.answers == []) == no_call for e in examples)
     # The few skipped records are data bugs in BFCL itself; each has a reason.
     assert all(reason.startswith("id ") for _, reason in report.errors)
+
+
+@pytest.mark.parametrize("category", ["simple_java", "simple_javascript"])
+def test_java_and_javascript_docs_prepared_as_bfcl_does(category):
+    """BFCL turns every Java/JavaScript parameter into a string in that language's syntax; so do we."""
+    examples, report = load_bfcl_category(category, progress=False)
+    assert report.good >= 0.95 * report.total, report.summary()
+    language = "Java" if category == "simple_java" else "JavaScript"
+    for ex in examples:
+        for name, node in ex.tools[0].function.parameters.properties.items():
+            assert node.type == "string", (ex.id, name)
+            assert f"{language} object in string representation" in node.description or \
+                f"This is {language} " in node.description, node.description
+        assert all(isinstance(v, str) for call in ex.answers for v in call.arguments.values())
+
+
+def test_check_answers_false_keeps_every_question():
+    """Evaluation runs BFCL questions whose gold does not fit the schema (the checker judges)."""
+    from hyfunc.training.data import bfcl_non_live_categories
+
+    categories = bfcl_non_live_categories()
+    assert categories[:3] == ["simple_python", "simple_java", "simple_javascript"] and "irrelevance" in categories
+    for category in categories:
+        examples, report = load_bfcl_category(category, progress=False, check_answers=False)
+        lines = sum(1 for line in (bfcl_data_dir() / f"BFCL_v4_{category}.json").open() if line.strip())
+        assert report.errors == [] and len(examples) == lines, report.summary()
+
+
+def test_resolve_categories_defaults_groups_and_errors():
+    from hyfunc.eval.bfcl import resolve_categories
+    from hyfunc.training.data import bfcl_non_live_categories
+
+    assert [stem for _, stem in resolve_categories(None)] == bfcl_non_live_categories()
+    assert resolve_categories(["simple", "multiple", "simple_python"]) == [("simple", "simple_python"), ("multiple", "multiple")]
+    assert [stem for _, stem in resolve_categories(["non_live"])] == bfcl_non_live_categories()
+    with pytest.raises(ValueError, match="unknown or unsupported BFCL category 'multi_turn_base'"):
+        resolve_categories(["multi_turn_base"])

@@ -7,6 +7,12 @@ docs and possible answers (so the checker sees exactly what it sees in BFCL), wi
 as BFCL's decoded model output `[{name: {arg: value}}]`. Irrelevance categories are correct
 when the cascade returns no call; live_relevance when it returns at least one.
 
+By default every non-live single-turn category bfcl_eval ships runs in full (its
+NON_LIVE_CATEGORY: simple_python, simple_java, simple_javascript, multiple, parallel,
+parallel_multiple, irrelevance); `categories` also takes BFCL's group names (`non_live`,
+`live`, `single_turn`, ...). Every question counts: one the loader cannot turn into a request
+is scored wrong with its reason in the raw output, never dropped.
+
 Accuracy is printed per category and overall as BFCL summarises it (unweighted mean of the
 category accuracies), next to the count-weighted mean. Retriever-only metrics: recall@1 and
 recall@3 of the gold functions among each example's own candidates (examples with more than
@@ -24,8 +30,38 @@ from typing import Any
 
 from hyfunc.schema import CallRequest, CallResult
 
-DEFAULT_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 _ALIASES = {"simple": "simple_python", "java": "simple_java", "javascript": "simple_javascript"}
+
+
+def resolve_categories(names: list[str] | tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """Category names (short names, file stems or BFCL group names) -> (label, file stem) pairs
+    in order, without duplicate stems; a name given alone keeps its spelling as the label, a
+    group expands to stems. None = every non-live category. Unknown names raise ValueError
+    listing what is available."""
+    from hyfunc.training.data import bfcl_categories, bfcl_non_live_categories
+
+    if not names:
+        return [(c, c) for c in bfcl_non_live_categories()]
+    available = bfcl_categories()
+    try:
+        from bfcl_eval.constants.category_mapping import TEST_COLLECTION_MAPPING
+    except ImportError:
+        TEST_COLLECTION_MAPPING = {}
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if name in TEST_COLLECTION_MAPPING:
+            pairs = [(c, c) for c in TEST_COLLECTION_MAPPING[name] if c in available]
+        else:
+            stem = _ALIASES.get(name, name)
+            if stem not in available:
+                raise ValueError(
+                    f"unknown or unsupported BFCL category {name!r}; available: {', '.join(available)} "
+                    f"(or a group: {', '.join(TEST_COLLECTION_MAPPING) or 'none'})"
+                )
+            pairs = [(name, stem)]
+        seen = {stem for _, stem in out}
+        out.extend(pair for pair in pairs if pair[1] not in seen)
+    return out
 
 
 class BfclUnavailable(RuntimeError):
@@ -133,7 +169,7 @@ def retriever_ranks(cascade, examples) -> list[list[str]]:
 
 def evaluate_bfcl(
     cascade,
-    categories: list[str] | tuple[str, ...] = DEFAULT_CATEGORIES,
+    categories: list[str] | tuple[str, ...] | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     out_dir: Path | None = None,
@@ -149,15 +185,22 @@ def evaluate_bfcl(
     raw_out = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for category in categories:
-        stem = _ALIASES.get(category, category)
-        examples, load_report = load_bfcl_category(category, progress=False)
-        if limit:
-            examples = examples[:limit]
+    for category, stem in resolve_categories(categories):
+        # Gold that does not fit its own schema (a few BFCL records) still runs: the official
+        # checker judges the output against the raw answers.
+        examples, load_report = load_bfcl_category(stem, progress=False, check_answers=False)
         questions, answers = _raw_records(stem)
+        order = list(questions)
+        skipped = {str(rec_id): reason for rec_id, reason in _skipped_ids(load_report, order)}
+        if limit:
+            keep = set(order[:limit])
+            examples = [ex for ex in examples if str(ex.id) in keep]
+            skipped = {k: v for k, v in skipped.items() if k in keep}
         language = _language(stem, Language)
         correct = errors = no_call = 0
-        rows: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = [
+            {"id": rec_id, "valid": False, "result": [], "error": f"not loadable: {reason}"} for rec_id, reason in skipped.items()
+        ]
         start = time.perf_counter()
         for s in tqdm(range(0, len(examples), batch_size), desc=f"bfcl {category}", disable=not progress, leave=False):
             chunk = examples[s : s + batch_size]
@@ -187,11 +230,12 @@ def evaluate_bfcl(
                     "detail": detail, "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
                 })
         seconds = time.perf_counter() - start
+        total = len(examples) + len(skipped)
         entry: dict[str, Any] = {
-            "n": len(examples),
-            "skipped_by_loader": len(load_report.errors),
+            "n": total,
+            "not_loadable": len(skipped),
             "correct": correct,
-            "accuracy": round(correct / len(examples), 4) if examples else None,
+            "accuracy": round(correct / total, 4) if total else None,
             "errors": errors,
             "no_call": no_call,
             "seconds": round(seconds, 1),
@@ -226,6 +270,15 @@ def evaluate_bfcl(
     if out_dir is not None:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _skipped_ids(report, order: list[str]) -> list[tuple[str, str]]:
+    """(record id, reason) for each record the loader rejected (its position is 1-based in the file)."""
+    out = []
+    for position, reason in report.errors:
+        rec_id = order[position - 1] if 0 < position <= len(order) else f"line {position}"
+        out.append((rec_id, reason))
+    return out
 
 
 def _line(category: str, entry: dict[str, Any]) -> str:

@@ -97,9 +97,11 @@ def add_eval_commands(sub) -> None:
     demo.set_defaults(func=cmd_eval_demo)
 
     bfcl = ev_sub.add_parser("bfcl", help="BFCL v4 accuracy with the official AST checker (extra `bfcl`)")
-    bfcl.add_argument("--categories", nargs="+", default=["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"],
-                      help="single-turn BFCL v4 categories (default: %(default)s)")
-    bfcl.add_argument("--limit", type=int, help="first N examples per category")
+    bfcl.add_argument("--categories", nargs="+",
+                      help="single-turn BFCL v4 categories or BFCL groups (non_live, live, single_turn); "
+                           "default: every non-live category in full (simple_python, simple_java, "
+                           "simple_javascript, multiple, parallel, parallel_multiple, irrelevance)")
+    bfcl.add_argument("--limit", type=int, help="first N questions per category (default: all)")
     bfcl.add_argument("--out", help="write raw outputs and results.json here")
     bfcl.add_argument("--models", help="models directory (default: the config's models.dir)")
     bfcl.add_argument("--config")

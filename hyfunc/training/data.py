@@ -369,6 +369,31 @@ def _bfcl_function(function: dict[str, Any]) -> dict[str, Any]:
     return function
 
 
+def _bfcl_string_params(language: str) -> Any:
+    """BFCL's own preparation of Java and JavaScript function docs (bfcl_eval.utils
+    `_func_doc_language_specific_pre_processing`): every top-level parameter is a string holding
+    the value in that language's syntax, its declared type moved into the description."""
+
+    def convert(function: dict[str, Any]) -> dict[str, Any]:
+        params = function.get("parameters")
+        if not isinstance(params, dict) or not isinstance(params.get("properties"), dict):
+            return _bfcl_function(function)
+        properties = {}
+        for name, node in params["properties"].items():
+            if not isinstance(node, dict):
+                properties[name] = node
+                continue
+            kind = node.get("type")
+            note = (f" This parameter can be of any type of {language} object in string representation." if kind == "any"
+                    else f" This is {language} {kind} type parameter in string representation.")
+            properties[name] = {k: v for k, v in node.items() if k not in ("type", "items", "properties", "required")}
+            properties[name]["description"] = str(node.get("description", "")) + note
+            properties[name]["type"] = "string"
+        return _bfcl_function({**function, "parameters": {**params, "properties": properties}})
+
+    return convert
+
+
 _OMIT = object()
 
 
@@ -435,8 +460,11 @@ def _bfcl_query(question: Any) -> str:
     return _parse_query(user[-1])
 
 
-def parse_bfcl_record(record: Any, ground_truth: Any | None) -> Example:
-    """One BFCL question record plus its ground truth (None = a no-call record)."""
+def parse_bfcl_record(record: Any, ground_truth: Any | None, language: str = "Python", check_answers: bool = True) -> Example:
+    """One BFCL question record plus its ground truth (None = a no-call record). Java and
+    JavaScript docs are prepared as BFCL prepares them for function-calling models.
+    `check_answers=False` keeps a record whose gold does not fit its own schema (a handful in
+    BFCL): evaluation runs every question and lets the official checker judge."""
     if not isinstance(record, dict):
         raise RecordError(f"record must be a JSON object, got {type(record).__name__}")
     record_id = None if record.get("id") is None else str(record["id"])
@@ -444,9 +472,16 @@ def parse_bfcl_record(record: Any, ground_truth: Any | None) -> Example:
         query = _bfcl_query(record.get("question"))
         if "function" not in record:
             raise RecordError("function: missing")
-        tools = _parse_tools(record["function"], _bfcl_function)
+        tools = _parse_tools(record["function"], _bfcl_function if language == "Python" else _bfcl_string_params(language))
         answers = [] if ground_truth is None else _bfcl_gold(ground_truth)
-        _check_answers(answers, tools)
+        if language != "Python":
+            # Every parameter is a string in that language's syntax; BFCL's answers keep some
+            # values native (true, lists, maps). As text they fit the schema; BFCL scoring never
+            # reads these golds (its checker gets the raw answers), retrieval only their names.
+            answers = [Call(name=c.name, arguments={k: v if isinstance(v, str) else json.dumps(v) for k, v in c.arguments.items()})
+                       for c in answers]
+        if check_answers:
+            _check_answers(answers, tools)
     except RecordError as err:
         # BFCL records are known by id; say it so the report can be checked against the file.
         raise RecordError(f"id {record_id}: {err}" if record_id else str(err)) from None
@@ -460,8 +495,11 @@ def load_bfcl(
     no_call: bool = False,
     strict: bool = False,
     progress: bool | None = None,
+    language: str = "Python",
+    check_answers: bool = True,
 ) -> tuple[list[Example], LoadReport]:
-    """Load a BFCL question file with its possible_answer file.
+    """Load a BFCL question file with its possible_answer file (`language`: Python, Java or
+    JavaScript — BFCL's simple_java / simple_javascript).
 
     Without an answer file the gold calls are unknown, so the caller must say the file is
     a no-call (irrelevance) category with `no_call=True`; answers are then [].
@@ -479,11 +517,11 @@ def load_bfcl(
 
     def parse(record: Any) -> Example:
         if no_call:
-            return parse_bfcl_record(record, None)
+            return parse_bfcl_record(record, None, language, check_answers)
         record_id = str(record.get("id")) if isinstance(record, dict) else None
         if record_id not in answers:
             raise RecordError(f"id {record_id!r}: no possible answer")
-        return parse_bfcl_record(record, answers[record_id])
+        return parse_bfcl_record(record, answers[record_id], language, check_answers)
 
     records, total = _read_records(question_path)
     return _collect(_progress(records, total, f"load {question_path.name}", progress), parse, str(question_path), strict)
@@ -507,6 +545,27 @@ def bfcl_data_dir() -> Path:
     raise FileNotFoundError(f"bfcl_eval has no data directory under {list(spec.submodule_search_locations)}")
 
 
+def bfcl_language(category: str) -> str:
+    """The language a BFCL category's function docs are written in."""
+    stem = _BFCL_ALIASES.get(category, category)
+    if stem.endswith("javascript"):
+        return "JavaScript"
+    if stem.endswith("java"):
+        return "Java"
+    return "Python"
+
+
+def bfcl_non_live_categories() -> list[str]:
+    """BFCL's non-live single-turn categories, as bfcl_eval lists them (its NON_LIVE_CATEGORY)."""
+    try:
+        from bfcl_eval.constants.category_mapping import NON_LIVE_CATEGORY
+    except ImportError:  # an older or partial install: the v4 list
+        NON_LIVE_CATEGORY = ["simple_python", "simple_java", "simple_javascript", "multiple", "parallel",
+                             "parallel_multiple", "irrelevance"]
+    available = set(bfcl_categories())
+    return [c for c in NON_LIVE_CATEGORY if c in available]
+
+
 def bfcl_categories() -> list[str]:
     """Single-turn categories whose question files ship with bfcl_eval."""
     names = sorted(p.stem.removeprefix("BFCL_v4_") for p in bfcl_data_dir().glob("BFCL_v4_*.json"))
@@ -514,7 +573,7 @@ def bfcl_categories() -> list[str]:
 
 
 def load_bfcl_category(
-    name: str, *, strict: bool = False, progress: bool | None = None
+    name: str, *, strict: bool = False, progress: bool | None = None, check_answers: bool = True
 ) -> tuple[list[Example], LoadReport]:
     """Load one shipped BFCL v4 category, e.g. "simple", "parallel_multiple", "irrelevance"."""
     stem = _BFCL_ALIASES.get(name, name)
@@ -525,8 +584,9 @@ def load_bfcl_category(
     if not question.is_file():
         raise FileNotFoundError(f"no BFCL category {name!r}; available: {', '.join(bfcl_categories())}")
     answer = data / "possible_answer" / f"BFCL_v4_{stem}.json"
+    language = bfcl_language(stem)
     if answer.is_file():
-        return load_bfcl(question, answer, strict=strict, progress=progress)
+        return load_bfcl(question, answer, strict=strict, progress=progress, language=language, check_answers=check_answers)
     if "irrelevance" in stem:
-        return load_bfcl(question, no_call=True, strict=strict, progress=progress)
+        return load_bfcl(question, no_call=True, strict=strict, progress=progress, language=language)
     raise ValueError(f"BFCL category {name!r} ships no possible answers and is not a no-call category")

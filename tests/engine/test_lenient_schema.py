@@ -112,3 +112,14 @@ def test_result_carries_the_warnings(cascade):
     assert "warnings" in result.model_dump()
     for call in result.calls:
         assert validate_call(call, req.tools) == []
+
+
+def test_required_names_missing_from_properties_are_dropped_with_a_warning():
+    req = parse_request(request({"pop": {"type": "object", "required": ["adults"]}, "x": {"type": "string"}},
+                                required=["x", "ghost"]))
+    params = req.tools[0].function.parameters
+    assert params.required == ["x"] and params.properties["pop"].required is None
+    assert req.warnings == [
+        "tools.0.function.parameters: required names ['ghost'] are not in properties; ignored",
+        f"{PATH}.pop: required names ['adults'] are not in properties; ignored",
+    ]

@@ -23,7 +23,6 @@ def with_params(params) -> dict:
     "data, field, problem",
     [
         (with_params({"type": "object", "properties": {"x": {"type": "str"}}}), "tools.0.function.parameters.properties.x.type", "unsupported type 'str'"),
-        (with_params({"type": "object", "properties": {"x": {"type": "string"}}, "required": ["y"]}), "tools.0.function.parameters", "required names ['y']"),
         (with_params({"type": "object", "properties": {"x": {"type": "string", "enum": []}}}), "tools.0.function.parameters.properties.x.enum", "at least one value"),
         (with_params({"type": "object", "properties": {"x": {"$ref": "#/defs/x"}}}), "tools.0.function.parameters.properties.x", "unsupported JSON Schema keyword '$ref'"),
         (with_params({"type": "object", "properties": {"x": {"allOf": [{"type": "string"}]}}}), "tools.0.function.parameters.properties.x", "unsupported JSON Schema keyword 'allOf'"),
