@@ -70,7 +70,7 @@ def run_cascade_forced(cascade, items: list[BenchInput]) -> CascadeBatch:
                     candidates.append(tool)
                 swapped += 1
         soft = projected[i]
-        prompt = lms_job_prompt(item.query, candidates, soft.shape[0])
+        prompt = lms_job_prompt(item.query, candidates, soft.shape[0], tokenizer=bundle.lms_tokenizer)
         prompt_ids = bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
         jobs.append(DecodeJob(prompt_ids, soft, forced(cascade.machine.program(candidates, item.gold))))
     decoded = cascade.decoder.decode(jobs)

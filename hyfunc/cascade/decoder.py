@@ -1,220 +1,217 @@
-"""The LMS decoder: runs one template-machine program per row over a single batched KV cache.
+"""The LMS decoder: template-machine programs run over one batched KV cache, vLLM-style in
+three roles —
 
-Per step every live row appends exactly one chunk on top of its cache: the token it just
-generated followed by whatever fixed text the machine injects before its next decision. So a
-mode switch (generate -> inject -> generate) never re-prefills anything. The prefill pass yields
-every row's first decision and each later decision costs one pass, so a batch takes as many LMS
-forward passes as its longest row makes decisions (1 + that row's decisions after the first);
-the last decision and anything the machine injects after it are never fed.
+- the scheduler (``scheduler.py``): rows, admission of waiting jobs as rows finish
+  (continuous batching), prefix-cache lookups, per-job and per-call token budgets;
+- the runner (``runner.py``): the model forward over the batch's KV cache (transformers);
+- the sampler (``sampler.py``): one batched mask and argmax per step.
 
-Ragged rows are right-padded within a chunk; pads stay in the cache but are masked out of
-attention forever (one growing 2D mask), and each row carries its own position ids. Rows that
-finish are dropped from the cache so later passes only pay for live rows. The system-prompt
-prefix is run once per process and its KV reused by every batch.
+Per step every running row appends exactly one chunk on top of its cache: a newly admitted row
+its prompt (less what the prefix cache already holds) and the machine's first injection, any
+other row the token it just generated followed by whatever the machine injects before its
+next decision. So a mode switch (generate -> inject -> generate) never re-prefills anything,
+and each decision costs one pass; the last decision and anything injected after it are never
+fed. The system-prompt prefix is run once per process and its KV reused by every row.
+
+``decode(jobs)`` runs a static batch (every job admitted at once, as before continuous
+batching); ``continuous(max_rows)`` gives a session the caller keeps feeding (``submit`` /
+``step``) and ``stream(jobs, max_rows)`` drives one over an iterable, pulling a job (and so
+building its program) only when a row is free.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
+from hyfunc.cascade.prefix_cache import KV, PrefixCache, kv_cat
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
+from hyfunc.cascade.runner import TransformersRunner
 from hyfunc.cascade.sampler import BatchSampler
-from hyfunc.cascade.template import Generate, Inject, Program, TemplateMachine
-from hyfunc.schema import Call
+from hyfunc.cascade.scheduler import Budgets, DecodeJob, DecodeResult, Row, RowStats, Scheduler
+from hyfunc.cascade.template import CALL_OPEN, TemplateMachine
 
-
-@dataclass
-class DecodeJob:
-    prompt_ids: list[int]  # job-specific prompt (after the shared prefix), with soft-token slots
-    soft_embeddings: torch.Tensor | None  # (num_soft, d_lms) for the slots, or None without slots
-    program: Program
-
-
-@dataclass
-class RowStats:
-    prompt_tokens: int = 0
-    injected: int = 0
-    generated: int = 0
-    fed_tokens: int = 0  # tokens actually run through the LMS for this row (shared prefix excluded)
-    forward_passes: int = 0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-
-
-@dataclass
-class DecodeResult:
-    calls: list[Call] = field(default_factory=list)
-    stats: RowStats = field(default_factory=RowStats)
-    error: str | None = None
-
-
-@dataclass
-class _Row:
-    job_index: int
-    program: Program
-    pending: Generate | None = None
-    done: bool = False
-    calls: list[Call] = field(default_factory=list)
-    next_position: int = 0
-    stats: RowStats = field(default_factory=RowStats)
-    error: str | None = None
+__all__ = ["Budgets", "ContinuousDecoder", "DecodeJob", "DecodeResult", "LMSDecoder", "RowStats"]
 
 
 class LMSDecoder:
-    def __init__(self, model: nn.Module, tokenizer, machine: TemplateMachine, device: torch.device):
+    """Holds what outlives a batch: the model, the shared-prefix KV, the prefix cache, counters."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        machine: TemplateMachine,
+        device: torch.device,
+        *,
+        prefix_cache_bytes: int = 0,
+        budgets: Budgets | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.machine = machine
         self.device = device
         self.soft_id = tokenizer.convert_tokens_to_ids(SOFT_TOKEN)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.embed = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
-        self.base = model.base_model
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.sampler = BatchSampler(self.lm_head, self.vocab_size)
-        self._prefix_cache: DynamicCache | None = None
+        self.cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.budgets = budgets or Budgets()
+        self.call_open_id = machine.encode(CALL_OPEN)[0]
         self.prefix_ids = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
+        self._prefix_kv: KV | None = None
         self.prefix_passes = 0  # shared-prefix prefills (once per process)
         self.forward_passes = 0  # all batched passes after the prefix
 
-    # -- the shared prefix ---------------------------------------------------------------------------
+    def runner(self) -> TransformersRunner:
+        return TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
 
-    def _shared_prefix(self) -> DynamicCache:
-        if self._prefix_cache is None:
-            ids = torch.tensor([self.prefix_ids], device=self.device)
-            cache = DynamicCache(config=self.model.config)
-            with torch.inference_mode():
-                self.base(input_ids=ids, cache=cache, use_cache=True)
+    def shared_prefix(self) -> KV:
+        if self._prefix_kv is None:
+            self._prefix_kv = self.runner().encode_prefix(self.prefix_ids)
             self.prefix_passes += 1
-            self._prefix_cache = cache
-        return self._prefix_cache
+        return self._prefix_kv
 
-    # -- stepping programs ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _advance(row: _Row, send: int | None) -> list[int]:
-        """Run the row's program until its next decision; returns the tokens it injected."""
-        injected: list[int] = []
-        try:
-            step = row.program.send(send)
-            while isinstance(step, Inject):
-                injected.extend(step.ids)
-                step = row.program.send(None)
-            row.pending = step
-        except StopIteration as stop:
-            row.done = True
-            row.pending = None
-            row.calls = stop.value
-        except Exception as err:  # a program that cannot continue fails its own job, not the batch
-            row.done = True
-            row.pending = None
-            row.error = f"{type(err).__name__}: {err}"
-        row.stats.injected += len(injected)
-        return injected
-
-    # -- one batch -----------------------------------------------------------------------------------
+    def continuous(self, max_rows: int | None = None, source: Iterable[DecodeJob] | None = None) -> ContinuousDecoder:
+        return ContinuousDecoder(self, max_rows, source)
 
     @torch.inference_mode()
     def decode(self, jobs: list[DecodeJob]) -> list[DecodeResult]:
-        if not jobs:
-            return []
-        prefix = self._shared_prefix()
-        prefix_len = len(self.prefix_ids)
-        rows = [_Row(i, job.program, next_position=prefix_len) for i, job in enumerate(jobs)]
-        chunks: list[list[int]] = []
-        for row, job in zip(rows, jobs, strict=True):
-            injected = self._advance(row, None)
-            row.stats.prompt_tokens = len(job.prompt_ids)
-            chunks.append(list(job.prompt_ids) + injected)
+        """A static batch: every job admitted in the first step (unless it waits one step for a
+        prefix another job is computing); results in job order."""
+        session = self.continuous(max_rows=None)
+        for i, job in enumerate(jobs):
+            session.submit(i, job)
+        results: list[DecodeResult | None] = [None] * len(jobs)
+        while session.has_work():
+            for key, result in session.step():
+                results[key] = result
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
 
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(len(rows))
-        attention = torch.ones(len(rows), prefix_len, dtype=torch.long, device=self.device)
+    @torch.inference_mode()
+    def stream(self, jobs: Iterable[DecodeJob], max_rows: int) -> Iterator[tuple[int, DecodeResult]]:
+        """Continuous batching over an iterable: (job index, result) as each job finishes. A job
+        is pulled (its program built) only when a row is free for it."""
+        session = self.continuous(max_rows=max_rows, source=jobs)
+        while session.has_work():
+            yield from session.step()
 
-        start = time.perf_counter()
-        hidden, attention = self._forward(rows, chunks, cache, attention, jobs)
-        prefill_ms = (time.perf_counter() - start) * 1000
-        for row in rows:
-            row.stats.prefill_ms = prefill_ms
 
-        decode_start = time.perf_counter()
-        live = list(rows)
-        while True:
-            keep: list[int] = []
-            next_chunks: list[list[int]] = []
-            deciding = [slot for slot, row in enumerate(live) if not row.done]
-            steps = [live[slot].pending for slot in deciding]
-            assert all(step is not None for step in steps)
-            picked = self.sampler.pick(hidden[deciding], steps) if deciding else []  # type: ignore[arg-type]
-            for slot, token in zip(deciding, picked, strict=True):
-                row = live[slot]
-                row.stats.generated += 1
-                injected = self._advance(row, token)
-                if row.done:
-                    # The final decision needs no further pass: nothing reads its logits.
-                    row.stats.decode_ms = (time.perf_counter() - decode_start) * 1000
-                    continue
-                keep.append(slot)
-                next_chunks.append([token] + injected)
-            if not keep:
+class ContinuousDecoder:
+    """One running batch that jobs join as rows free up. Not thread-safe; one per caller."""
+
+    def __init__(self, decoder: LMSDecoder, max_rows: int | None, source: Iterable[DecodeJob] | None = None):
+        self.decoder = decoder
+        self.runner = decoder.runner()
+        self.scheduler = Scheduler(decoder.budgets, decoder.cache, decoder.soft_id, decoder.call_open_id, max_rows)
+        self.source = iter(source) if source is not None else None
+        self._pulled = 0
+        self.passes = 0  # this session's forward passes
+        self._since: dict[Any, float] = {}  # waiting job -> when it started waiting
+        self._start = time.perf_counter()
+
+    def submit(self, key: Any, job: DecodeJob) -> None:
+        self.scheduler.submit(key, job)
+        self._since[key] = time.perf_counter()
+
+    def has_work(self) -> bool:
+        if self.scheduler.has_work():
+            return True
+        return self._pull(1) > 0
+
+    def _pull(self, n: int) -> int:
+        """Move up to n jobs from the source into the waiting queue (building their programs)."""
+        got = 0
+        while self.source is not None and got < n:
+            try:
+                job = next(self.source)
+            except StopIteration:
+                self.source = None
                 break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                attention = attention[index]
-                live = [live[i] for i in keep]
-            hidden, attention = self._forward(live, next_chunks, cache, attention, None)
-        for row in rows:
-            if row.done and row.stats.decode_ms == 0.0:
-                row.stats.decode_ms = (time.perf_counter() - decode_start) * 1000
-        return [DecodeResult(calls=row.calls, stats=row.stats, error=row.error) for row in rows]
+            self.scheduler.submit(self._pulled, job)
+            self._since[self._pulled] = self._start  # it was handed in with the whole stream
+            self._pulled += 1
+            got += 1
+        return got
 
-    def _forward(
-        self,
-        rows: list[_Row],
-        chunks: list[list[int]],
-        cache: DynamicCache,
-        attention: torch.Tensor,
-        prefill_jobs: list[DecodeJob] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one right-padded chunk per row; returns each row's last-position hidden state
-        (after the final norm; the sampler applies the LM head, only where a step needs it)."""
-        width = max(len(c) for c in chunks)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        chunk_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (row, chunk) in enumerate(zip(rows, chunks, strict=True)):
-            n = len(chunk)
-            ids[r, :n] = torch.tensor(chunk, dtype=torch.long)
-            chunk_mask[r, :n] = 1
-            # Pads get the positions after the row's last token; they are never attended.
-            positions[r] = torch.arange(row.next_position, row.next_position + width)
-            row.next_position += n
-            row.stats.fed_tokens += n
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, DecodeResult]]:
+        """Admit what fits, run one pass, pick one token per row; returns the jobs that finished."""
+        sched, runner, decoder = self.scheduler, self.runner, self.decoder
+        t0 = time.perf_counter()
+        if self.source is not None and sched.max_rows is not None:
+            self._pull(max(0, sched.max_rows - len(sched.running) - len(sched.waiting)))
+        elif self.source is not None:
+            self._pull(1 << 30)
+        admitted, early = sched.admit()
+        prefix = decoder.shared_prefix()
+        runner.add_rows([kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted])
+        t1 = time.perf_counter()
+        for row in [*admitted, *early]:
+            row.stats.wait_ms = (t0 - self._since.pop(row.key)) * 1000
+            row.stats.first_pass = self.passes
+        finished: list[Row] = list(early)
+        for row in early:
+            row.stats.program_ms += (t1 - t0) * 1000
+        if not sched.running:
+            return [(row.key, row.result()) for row in finished]
+
+        present = list(sched.running)
+        chunks = [row.chunk for row in present]
+        soft = [row.job.soft_embeddings if row.fresh else None for row in present]
+        hidden = runner.forward(chunks, soft)
+        decoder.forward_passes += 1
+        self.passes += 1
+        t2 = time.perf_counter()
+        fresh = [row.fresh for row in present]
+        for r, row in enumerate(present):
+            row.stats.fed_tokens += len(row.chunk)
             row.stats.forward_passes += 1
-        ids, chunk_mask, positions = ids.to(self.device), chunk_mask.to(self.device), positions.to(self.device)
-        soft_slots = ids == self.soft_id
-        embeds = self.embed(ids.masked_fill(soft_slots, self.pad_id))
-        if prefill_jobs is not None and bool(soft_slots.any()):
-            for r, row in enumerate(rows):
-                slots = soft_slots[r].nonzero(as_tuple=True)[0]
-                if slots.numel():
-                    soft = prefill_jobs[row.job_index].soft_embeddings
-                    if soft is None or soft.shape[0] != slots.numel():
-                        raise ValueError("soft-token slots and projected soft tokens disagree in number")
-                    embeds[r, slots] = soft.to(embeds.dtype)
-        attention = torch.cat([attention, chunk_mask], dim=1)
-        out = self.base(
-            inputs_embeds=embeds, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True
-        )
-        self.forward_passes += 1
-        last = chunk_mask.sum(dim=1) - 1
-        hidden = out.last_hidden_state[torch.arange(len(rows), device=self.device), last]
-        return hidden, attention
+            if row.fresh:
+                self._remember_prompt(r, row)
+        tokens, errors = self._pick(hidden, present)
+        keep, done = sched.update(tokens, errors)
+        runner.keep_rows(keep)
+        finished.extend(done)
+        t3 = time.perf_counter()
+        for row, was_fresh in zip(present, fresh, strict=True):
+            row.stats.program_ms += (t1 - t0) * 1000
+            if was_fresh:
+                row.stats.prefill_ms += (t2 - t1) * 1000
+            else:
+                row.stats.decode_ms += (t2 - t1) * 1000
+            row.stats.sample_ms += (t3 - t2) * 1000
+        return [(row.key, row.result()) for row in finished]
+
+    def _remember_prompt(self, r: int, row: Row) -> None:
+        """Put the row's cacheable prompt KV (just computed, or partly reused) into the prefix cache."""
+        cache = self.decoder.cache
+        if cache is None or row.cacheable <= row.stats.prompt_reused:
+            return
+        start = len(self.decoder.prefix_ids)
+        kv = self.runner.row_kv(r, start, start + row.cacheable)
+        cache.insert(row.job.prompt_ids[: row.cacheable], kv)
+
+    def _pick(self, hidden: torch.Tensor, rows: list[Row]) -> tuple[list[int], dict[int, str]]:
+        """One batched pick; if it fails (a step no token can satisfy), the rows are picked one by
+        one so that only the offending row fails (its error keyed by its index)."""
+        steps = self.scheduler.steps()
+        try:
+            return self.decoder.sampler.pick(hidden, steps), {}
+        except Exception:  # noqa: BLE001 - isolate the failing row below
+            pass
+        tokens: list[int] = []
+        errors: dict[int, str] = {}
+        for r, step in enumerate(steps):
+            try:
+                tokens.extend(self.decoder.sampler.pick(hidden[r : r + 1], [step]))
+            except Exception as err:  # noqa: BLE001 - this row's step is unsatisfiable
+                errors[r] = f"{type(err).__name__}: {err}"
+                tokens.append(-1)
+        return tokens, errors

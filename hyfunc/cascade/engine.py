@@ -138,7 +138,9 @@ class Cascade:
         for j, i in enumerate(selected):
             candidates = [hit.tool for hit in hits[i]]
             soft = projected[j] if projected is not None else None
-            prompt = lms_job_prompt(requests[i].query, candidates, soft.shape[0] if soft is not None else 0)
+            prompt = lms_job_prompt(
+                requests[i].query, candidates, soft.shape[0] if soft is not None else 0, tokenizer=self.bundle.lms_tokenizer
+            )
             prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
             program = self.machine.program(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
             jobs.append(DecodeJob(prompt_ids, soft, program))

@@ -50,7 +50,7 @@ class IntentEncoder:
 
     @torch.inference_mode()
     def soft_tokens(self, queries: list[str]) -> IntentOutput:
-        texts = [intent_prompt(q) for q in queries] if self.kind == "causal" else list(queries)
+        texts = [intent_prompt(q, self.tokenizer) for q in queries] if self.kind == "causal" else list(queries)
         hidden, mask = self._hidden(texts)
         lengths = mask.sum(dim=1)
         if self.kind == "causal":

@@ -49,12 +49,20 @@ class LMSTrainConfig:
     weight_decay: float = 0.01
     save_every: int = 200
     seed: int = 0
-    lora: bool = False  # for large pretrained LMS checkpoints (peft)
+    lora: bool = False  # for large pretrained LMS checkpoints (peft): every attention and MLP projection
     # Softmax over the tokens inference would allow at each step (extractive copy spans, the
     # options of a choice) instead of the whole vocabulary: the loss scores the decisions the
     # model really makes at inference with cascade.copy_values on.
     constrained: bool = False
     lora_rank: int = 16
+
+
+def lms_prompt_ids(tokenizer, query: str, candidates: list[Tool], num_soft: int) -> tuple[list[int], list[int]]:
+    """The shared-prefix ids and the job-prompt ids, encoded exactly as the decoder and the engine
+    encode them at inference (the tokenizer's chat template when it has one)."""
+    prefix = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
+    prompt = tokenizer.encode(lms_job_prompt(query, candidates, num_soft, tokenizer=tokenizer), add_special_tokens=False)
+    return prefix, prompt
 
 
 def build_sequence(
@@ -67,8 +75,7 @@ def build_sequence(
     num_soft: int,
     constrained: bool = False,
 ) -> LMSSequence:
-    prefix = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
-    prompt = tokenizer.encode(lms_job_prompt(query, candidates, num_soft), add_special_tokens=False)
+    prefix, prompt = lms_prompt_ids(tokenizer, query, candidates, num_soft)
     record = machine.teacher(candidates, gold, source=query if constrained else None)
     ids = prefix + prompt + record.ids
     generated = [False] * (len(prefix) + len(prompt)) + record.generated
@@ -169,6 +176,37 @@ def _sparse_allowed(seq: LMSSequence) -> tuple[torch.Tensor, torch.Tensor, torch
     return seq.sparse_allowed
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def apply_lora(model, cfg: LMSTrainConfig):
+    """Wrap ``model`` in LoRA adapters on every attention and MLP projection (Llama, Qwen, Gemma
+    names); the base weights are frozen. The projector is trained in full next to it."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    if not targets:
+        raise ValueError(f"LoRA: the LMS has none of the projections {LORA_TARGETS}")
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, target_modules=targets, lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _soft_slot_id(tokenizer, model) -> int:
+    """The slot id training uses; the tokenizer and the model must already have it (ensure_soft_slot)."""
+    if SOFT_TOKEN not in tokenizer.get_vocab():
+        raise ValueError(f"the LMS tokenizer has no {SOFT_TOKEN} token: call hyfunc.models.soft_slot.ensure_soft_slot first")
+    soft_id = int(tokenizer.convert_tokens_to_ids(SOFT_TOKEN))
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if soft_id >= rows:
+        raise ValueError(f"{SOFT_TOKEN} has id {soft_id} but the LMS embedding table has {rows} rows: call ensure_soft_slot(tokenizer, model)")
+    return soft_id
+
+
 def _lr_at(step: int, cfg: LMSTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -195,15 +233,13 @@ def train_lms(
     checkpoint_dir = Path(checkpoint_dir)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, target_modules=["q_proj", "v_proj"], lora_alpha=2 * cfg.lora_rank))
+    if cfg.lora and not is_lora(model):
+        model = apply_lora(model, cfg)
     model.to(device).train()
     projector.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad] + list(projector.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    soft_id = tokenizer.convert_tokens_to_ids(SOFT_TOKEN)
+    soft_id = _soft_slot_id(tokenizer, model)
     pad_id = tokenizer.pad_token_id or 0
     start_step = 0
     losses: list[float] = []

@@ -1,0 +1,39 @@
+"""The soft-token slot `<|soft|>`: one special token, added the same way for every tokenizer.
+
+Training and inference both call `ensure_soft_slot`, so a pretrained checkpoint (which has never
+heard of the slot) gets the same token id and an embedding row for it whichever path loads it.
+The slot's input embedding is always replaced by the projected soft token; its new row (and, for
+an untied head, its output row) is set to the mean of the existing rows, deterministically, so a
+merged model and the base + adapter it came from compute the same logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hyfunc.cascade.prompts import SOFT_TOKEN
+
+
+def ensure_soft_slot(tokenizer, model=None) -> int:
+    """Add `<|soft|>` as a special token when the tokenizer lacks it and give ``model`` an embedding
+    row for it when its table is too small. Returns the slot's token id. Idempotent."""
+    if SOFT_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]}, replace_extra_special_tokens=False)
+    soft_id = int(tokenizer.convert_tokens_to_ids(SOFT_TOKEN))
+    if model is not None:
+        rows = int(model.get_input_embeddings().weight.shape[0])
+        if soft_id >= rows:
+            _grow_embeddings(model, max(len(tokenizer), soft_id + 1))
+    return soft_id
+
+
+@torch.no_grad()
+def _grow_embeddings(model, rows: int) -> None:
+    old = int(model.get_input_embeddings().weight.shape[0])
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    tables = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(head.weight)
+    for weight in tables:
+        weight[old:] = weight[:old].mean(dim=0, keepdim=True)
