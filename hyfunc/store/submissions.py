@@ -6,17 +6,32 @@ things with the same messages. Each limit violation names the config key it brok
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from hyfunc.config import LimitsConfig
-from hyfunc.schema import RequestError, parse_request
+from hyfunc.schema import RequestError, parse_request, schema_depth
 from hyfunc.store.jobs import NewJob
+from hyfunc.store.models import Feedback, Job, Replay, Toolset
 from hyfunc.store.toolsets import get_toolset, parse_toolset_ref
 
 JOB_KEYS = {"id", "query", "tools", "toolset"}
+
+# Text limits are the columns' own, so a value that passes always fits its column.
+MAX_CLIENT_ID_CHARS: int = Job.__table__.c.client_id.type.length
+MAX_AUTHOR_CHARS: int = Feedback.__table__.c.author.type.length
+MAX_MODEL_VERSION_CHARS: int = Replay.__table__.c.model_version.type.length
+MAX_TOOLSET_NAME_CHARS: int = Toolset.__table__.c.name.type.length
+MAX_TOOLSET_VERSION = 2**31 - 1  # toolsets.version is a 32-bit integer
+TOOLSET_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+# The same rule as a regular expression, for the OpenAPI document: no C0/C1 controls.
+CONTROL_FREE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_TOOLSET_NAME = re.compile(TOOLSET_NAME_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class SubmissionError(ValueError):
@@ -28,9 +43,67 @@ class SubmissionError(ValueError):
         self.message = message
 
 
+def text_problem(value: str, max_chars: int | None = None, *, controls: bool = False) -> str | None:
+    """Why a string cannot be stored as given: too long, a NUL (PostgreSQL text cannot hold
+    one), another control character (single-line fields only, unless `controls`), or a lone
+    surrogate (not encodable as UTF-8)."""
+    if max_chars is not None and len(value) > max_chars:
+        return f"is {len(value)} characters; at most {max_chars}"
+    if "\x00" in value:
+        return "contains a NUL character"
+    bad = _SURROGATE.search(value) or (None if controls else _CONTROL.search(value))
+    if bad:
+        kind = "a lone surrogate" if _SURROGATE.match(bad.group()) else "the control character"
+        return f"contains {kind} U+{ord(bad.group()):04X}"
+    return None
+
+
 def query_problem(query: Any, limits: LimitsConfig) -> str | None:
     if isinstance(query, str) and len(query) > limits.max_query_chars:
         return f"query is {len(query)} characters; limit limits.max_query_chars is {limits.max_query_chars}"
+    if isinstance(query, str):
+        problem = text_problem(query, controls=True)  # newlines and tabs are fine in a query
+        if problem:
+            return f"query {problem}"
+    return None
+
+
+def client_id_problem(client_id: Any) -> str | None:
+    # JSONL logs often number their lines: an integer id is taken as its decimal string.
+    if isinstance(client_id, bool) or not isinstance(client_id, (str, int)):
+        return f"id must be a string, got {type(client_id).__name__}"
+    problem = text_problem(str(client_id), MAX_CLIENT_ID_CHARS)
+    return f"id {problem}" if problem else None
+
+
+def toolset_ref_problem(ref: Any) -> str | None:
+    """A toolset reference must be `name` or `name@version` with a version that fits."""
+    if not isinstance(ref, str):
+        return f"toolset must be a name string, got {type(ref).__name__}"
+    name, sep, version = ref.rpartition("@")
+    if not sep:
+        name, version = ref, ""
+    if not _TOOLSET_NAME.match(name) or len(name) > MAX_TOOLSET_NAME_CHARS:
+        return (f"toolset name must be 1-{MAX_TOOLSET_NAME_CHARS} characters of letters, digits, '_', '.', '-' "
+                f"(optionally @version), got {ref[:80]!r}")
+    if sep and not (version.isascii() and version.isdigit() and 1 <= int(version) <= MAX_TOOLSET_VERSION):
+        return f"toolset version must be an integer from 1 to {MAX_TOOLSET_VERSION}, got {version[:40]!r}"
+    return None
+
+
+def schema_depth_problem(tools: Any, limits: LimitsConfig) -> str | None:
+    """Tools whose parameters nest deeper than limits.max_schema_depth (read on the raw dicts)."""
+    if not isinstance(tools, list):
+        return None
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function", tool)
+        params = function.get("parameters") if isinstance(function, dict) else None
+        depth = schema_depth(params)
+        if depth > limits.max_schema_depth:
+            return (f"tools[{i}].parameters nest {depth} levels deep; "
+                    f"limit limits.max_schema_depth is {limits.max_schema_depth}")
     return None
 
 
@@ -61,8 +134,9 @@ def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsCon
         raise SubmissionError(422, f"{where}give either tools or toolset, not both")
     toolset_id = None
     if toolset_ref is not None:
-        if not isinstance(toolset_ref, str):
-            raise SubmissionError(422, f"{where}toolset must be a name string")
+        problem = toolset_ref_problem(toolset_ref)
+        if problem:
+            raise SubmissionError(422, where + problem)
         name, version = parse_toolset_ref(toolset_ref)
         toolset = get_toolset(session, tenant_id, name, version)
         if toolset is None:
@@ -71,12 +145,15 @@ def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsCon
     else:
         tools = inline
     if isinstance(tools, list):
-        problem = tools_problem(len(tools), limits)
+        problem = tools_problem(len(tools), limits) or schema_depth_problem(tools, limits)
         if problem:
             raise SubmissionError(422, where + problem)
     client_id = item.get("id")
-    if client_id is not None and not isinstance(client_id, str):
-        client_id = str(client_id)  # JSONL logs often number their lines
+    if client_id is not None:
+        problem = client_id_problem(client_id)
+        if problem:
+            raise SubmissionError(422, where + problem)
+        client_id = str(client_id)
     try:
         request = parse_request({"id": client_id, "query": item.get("query"), "tools": tools})
     except RequestError as err:
