@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api.cursors import cursor_key
 from api.deps import AppState
-from api.errors import install_handlers
+from api.errors import RequestIdMiddleware, install_handlers
+from api.json_guard import JsonBodyGuard
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
 from api.routes import export, jobs, ops, replays, toolsets
@@ -26,11 +28,14 @@ def create_app(config: HyFuncConfig | None = None) -> FastAPI:
     app = FastAPI(title="HyFunc", version=__version__, description=DESCRIPTION)
     sessions = session_factory(config.store.url)
     celery = create_celery(config)
-    state = AppState(config=config, sessions=sessions, celery=celery)
+    state = AppState(config=config, sessions=sessions, celery=celery, cursor_key=cursor_key(config))
     state.metrics_registry = make_registry(sessions, celery, config.worker.queue)
     app.state.hyfunc = state
     install_handlers(app)
+    # The last added runs first: request id, then the size limit, then the JSON guard.
+    app.add_middleware(JsonBodyGuard, max_depth=config.limits.max_json_depth)
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
     for module in (jobs, toolsets, replays, export, ops):
         app.include_router(module.router)
     return app

@@ -23,6 +23,7 @@ class AppState:
     sessions: sessionmaker[Session]
     celery: Celery
     metrics_registry: CollectorRegistry | None = None
+    cursor_key: bytes = b""  # HMAC key of list cursors (api.cursors)
 
 
 def get_state(request: Request) -> AppState:

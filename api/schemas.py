@@ -2,10 +2,80 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from hyfunc.store.submissions import (
+    CONTROL_FREE_PATTERN,
+    MAX_AUTHOR_CHARS,
+    MAX_CLIENT_ID_CHARS,
+    MAX_MODEL_VERSION_CHARS,
+    MAX_TOOLSET_NAME_CHARS,
+    MAX_TOOLSET_VERSION,
+    TOOLSET_NAME_PATTERN,
+    text_problem,
+)
+
+# `name` or `name@version` (the version's range is checked when the job is validated).
+TOOLSET_REF_PATTERN = r"^[A-Za-z0-9_.\-]+(@[0-9]{1,10})?$"
+
+
+def _single_line(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must include a timezone, e.g. 2026-01-01T00:00:00Z")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+# A line of text for a column: no control characters, no lone surrogates (documented as a pattern).
+SingleLine = Annotated[str, AfterValidator(_single_line), Field(json_schema_extra={"pattern": CONTROL_FREE_PATTERN})]
+# An aware datetime that exists in UTC (naive values and years that fall out of 1..9999 are 422s).
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+ToolsetName = Annotated[str, Field(min_length=1, max_length=MAX_TOOLSET_NAME_CHARS, pattern=TOOLSET_NAME_PATTERN)]
+ToolsetVersion = Annotated[int, Field(ge=1, le=MAX_TOOLSET_VERSION)]
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx: what was wrong, naming the field or limit."""
+
+    detail: str
+
+
+class ServerErrorOut(BaseModel):
+    """A 500 (a bug, logged with its stack) or 503 (the store is unreachable)."""
+
+    detail: str
+    request_id: str = Field(description="also in the X-Request-ID header and the server log")
+
+
+_DESCRIPTIONS = {
+    400: "malformed JSON, a body that is not UTF-8, or a cursor this API did not issue",
+    401: "missing or invalid API key",
+    404: "not found (another tenant's objects are indistinguishable from missing ones)",
+    413: "body or batch over its limit (limits.max_body_bytes, limits.max_batch_size)",
+    422: "a value the API refuses: the detail names the field and the problem",
+    500: "internal error",
+    503: "store unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a route can answer, with their real bodies."""
+    return {
+        code: {"model": ServerErrorOut if code >= 500 else ErrorOut, "description": _DESCRIPTIONS[code]}
+        for code in codes
+    }
 
 
 class JobIn(BaseModel):
@@ -14,10 +84,12 @@ class JobIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, max_length=256, description="the client's own id, echoed back")
-    query: str
-    tools: list[dict[str, Any]] | None = None
-    toolset: str | None = None
+    id: SingleLine | None = Field(default=None, max_length=MAX_CLIENT_ID_CHARS,
+                                  description="the client's own id, echoed back")
+    query: str = Field(min_length=1, json_schema_extra={"pattern": "^[^\\x00]*$"},
+                       description="limits.max_query_chars at most; no NUL")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="limits.max_tools_per_request at most")
+    toolset: str | None = Field(default=None, max_length=MAX_TOOLSET_NAME_CHARS + 11, pattern=TOOLSET_REF_PATTERN)
 
 
 class JobAccepted(BaseModel):
@@ -37,7 +109,7 @@ class JobList(BaseModel):
 
 class ToolsetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: ToolsetName
     tools: list[dict[str, Any]]
 
 
@@ -50,7 +122,7 @@ class ToolsetOut(BaseModel):
 
 
 class CallIn(BaseModel):
-    name: str
+    name: str = Field(max_length=128)
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -58,7 +130,7 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Literal["correct", "incorrect"]
     calls: list[CallIn] | None = Field(default=None, description="corrected calls; they win over the job's own in exports")
-    author: str | None = Field(default=None, max_length=256)
+    author: SingleLine | None = Field(default=None, max_length=MAX_AUTHOR_CHARS)
 
 
 class FeedbackOut(BaseModel):
@@ -73,18 +145,20 @@ class FeedbackOut(BaseModel):
 class ReplayFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    toolset: str | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
+    toolset: ToolsetName | None = None
 
 
 class ReplayIn(BaseModel):
     """Replay jobs given by id, or every job matching a filter (oldest first, up to `limit`)."""
 
     model_config = ConfigDict(extra="forbid")
-    job_ids: list[str] | None = None
+    job_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, description="job ids; unknown and other tenants' ids are skipped")
     filter: ReplayFilter | None = None
-    model_version: str | None = Field(default=None, description="the model version the replay is meant to run on")
+    model_version: SingleLine | None = Field(default=None, max_length=MAX_MODEL_VERSION_CHARS,
+                                             description="the model version the replay is meant to run on")
     limit: int | None = Field(default=None, ge=1)
 
 

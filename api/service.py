@@ -27,7 +27,9 @@ def submit(state: AppState, session: Session, tenant_id: int, new_jobs: Sequence
 
 def parse_jsonl(text: str) -> list[Any]:
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Only "\n" ends a line: str.splitlines would also split on U+2028 and other
+    # separators that JSON strings may legally hold raw.
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
@@ -12,15 +11,16 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import StateDep, TenantDep
 from api.errors import ApiError
+from api.schemas import UtcDatetime, error_responses
 from hyfunc.store.export import export_records
 
-router = APIRouter(prefix="/v1", tags=["export"])
+router = APIRouter(prefix="/v1", tags=["export"], responses=error_responses(401, 422, 500, 503))
 
 
 @router.get("/export", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}}, "description": "one record per line"}})
 def export(state: StateDep, tenant: TenantDep, format: Literal["xlam"] = "xlam",
-           since: datetime | None = None, until: datetime | None = None) -> StreamingResponse:
+           since: UtcDatetime | None = None, until: UtcDatetime | None = None) -> StreamingResponse:
     """Jobs with feedback, `{"id", "query", "tools", "answers"}` per line; corrected calls win."""
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:

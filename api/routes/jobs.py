@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from api import cursors
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.schemas import BatchAccepted, FeedbackIn, FeedbackOut, JobAccepted, JobIn, JobList
+from api.json_guard import body_problem
+from api.schemas import (
+    BatchAccepted,
+    FeedbackIn,
+    FeedbackOut,
+    JobAccepted,
+    JobIn,
+    JobList,
+    ToolsetName,
+    UtcDatetime,
+    error_responses,
+)
 from api.service import parse_batch_body, submit, validate_batch, validate_item
 from hyfunc.schema import Call, Tool, validate_call
 from hyfunc.store.jobs import get_job, job_to_dict, job_tools, list_jobs
 from hyfunc.store.models import Feedback
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 500, 503))
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@router.post("", status_code=202, response_model=JobAccepted)
+@router.post("", status_code=202, response_model=JobAccepted, responses=error_responses(400, 413))
 def create_job(body: JobIn, state: StateDep, session: SessionDep, tenant: TenantDep) -> JobAccepted:
     new_job = validate_item(session, tenant.id, body.model_dump(exclude_none=True), state.config.limits)
     return JobAccepted(id=submit(state, session, tenant.id, [new_job])[0])
@@ -31,6 +42,7 @@ def create_job(body: JobIn, state: StateDep, session: SessionDep, tenant: Tenant
     "/batch",
     status_code=202,
     response_model=BatchAccepted,
+    responses=error_responses(400, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -52,7 +64,12 @@ async def create_batch(request: Request, state: StateDep, session: SessionDep, t
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise ApiError(422, "multipart upload needs a `file` field with the JSONL")
-        items = parse_batch_body("application/x-ndjson", await upload.read())
+        data = await upload.read()
+        # The upload skipped the body guard (multipart): the same checks, on the file.
+        problem = body_problem(data, state.config.limits.max_json_depth, lines=True)
+        if problem:
+            raise ApiError(422, f"file: {problem}")
+        items = parse_batch_body("application/x-ndjson", data)
     else:
         items = parse_batch_body(content_type, await request.body())
 
@@ -64,7 +81,7 @@ async def create_batch(request: Request, state: StateDep, session: SessionDep, t
     return BatchAccepted(ids=ids, count=len(ids))
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=error_responses(404))
 def read_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict:
     job = get_job(session, tenant.id, job_id)
     if job is None:
@@ -72,28 +89,32 @@ def read_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict:
     return job_to_dict(job)
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=error_responses(400))
 def page_jobs(
+    state: StateDep,
     session: SessionDep,
     tenant: TenantDep,
     status: Status | None = None,
-    since: datetime | None = None,
-    toolset: str | None = None,
+    since: Annotated[UtcDatetime | None, Query(description="ISO 8601 with a timezone")] = None,
+    toolset: Annotated[ToolsetName | None, Query(description="a toolset name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=cursors.MAX_CURSOR_CHARS, pattern=cursors.CURSOR_PATTERN,
+                                        description="next_cursor of the previous page")] = None,
 ) -> JobList:
-    if since is not None and since.tzinfo is None:
-        raise ApiError(422, "since must carry a timezone, e.g. 2026-01-01T00:00:00Z")
-    try:
-        jobs, next_cursor = list_jobs(
-            session, tenant.id, status=status, since=since, toolset=toolset, limit=limit, cursor=cursor
-        )
-    except ValueError:
-        raise ApiError(400, "cursor is not one this API returned") from None
-    return JobList(jobs=[job_to_dict(j) for j in jobs], next_cursor=next_cursor)
+    raw = None
+    if cursor is not None:
+        try:
+            raw = cursors.verify(state.cursor_key, tenant.id, cursor)
+        except cursors.BadCursor as err:
+            raise ApiError(400, str(err)) from None
+    jobs, next_cursor = list_jobs(session, tenant.id, status=status, since=since, toolset=toolset, limit=limit,
+                                  cursor=raw)
+    signed = cursors.sign(state.cursor_key, tenant.id, next_cursor) if next_cursor else None
+    return JobList(jobs=[job_to_dict(j) for j in jobs], next_cursor=signed)
 
 
-@router.post("/{job_id}/feedback", status_code=201, response_model=FeedbackOut)
+@router.post("/{job_id}/feedback", status_code=201, response_model=FeedbackOut,
+             responses=error_responses(400, 404, 413))
 def add_feedback(job_id: str, body: FeedbackIn, session: SessionDep, tenant: TenantDep) -> FeedbackOut:
     job = get_job(session, tenant.id, job_id)
     if job is None:

@@ -6,15 +6,15 @@ from fastapi import APIRouter
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.schemas import ReplayAccepted, ReplayIn
+from api.schemas import ReplayAccepted, ReplayIn, error_responses
 from hyfunc.store.replay import create_replay, get_replay, replay_report, select_jobs
 from hyfunc.store.submissions import batch_problem
 from worker.app import enqueue
 
-router = APIRouter(prefix="/v1/replays", tags=["replays"])
+router = APIRouter(prefix="/v1/replays", tags=["replays"], responses=error_responses(401, 422, 500, 503))
 
 
-@router.post("", status_code=202, response_model=ReplayAccepted)
+@router.post("", status_code=202, response_model=ReplayAccepted, responses=error_responses(400, 413))
 def start_replay(body: ReplayIn, state: StateDep, session: SessionDep, tenant: TenantDep) -> ReplayAccepted:
     limits = state.config.limits
     if body.job_ids is None and body.filter is None:
@@ -47,7 +47,7 @@ def start_replay(body: ReplayIn, state: StateDep, session: SessionDep, tenant: T
     return ReplayAccepted(id=replay_id, job_count=len(ids), job_ids=ids)
 
 
-@router.get("/{replay_id}")
+@router.get("/{replay_id}", responses=error_responses(404))
 def read_replay(replay_id: str, session: SessionDep, tenant: TenantDep) -> dict:
     replay = get_replay(session, tenant.id, replay_id)
     if replay is None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.schemas import ToolsetIn, ToolsetOut
+from api.schemas import ToolsetIn, ToolsetName, ToolsetOut, ToolsetVersion, error_responses
 from hyfunc.schema import RequestError, parse_request
 from hyfunc.store.models import Toolset
-from hyfunc.store.submissions import tools_problem
+from hyfunc.store.submissions import schema_depth_problem, tools_problem
 from hyfunc.store.toolsets import get_toolset, put_toolset
 
-router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"])
+router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"], responses=error_responses(401, 422, 500, 503))
 
 
 def _out(row: Toolset) -> ToolsetOut:
@@ -21,10 +23,11 @@ def _out(row: Toolset) -> ToolsetOut:
 
 
 @router.post("", status_code=201, response_model=ToolsetOut,
-             responses={200: {"description": "unchanged: the latest version already has these tools"}})
+             responses={200: {"model": ToolsetOut, "description": "unchanged: the latest version already has these tools"},
+                        **error_responses(400, 413)})
 def register_toolset(body: ToolsetIn, response: Response, state: StateDep, session: SessionDep,
                      tenant: TenantDep) -> ToolsetOut:
-    problem = tools_problem(len(body.tools), state.config.limits)
+    problem = tools_problem(len(body.tools), state.config.limits) or schema_depth_problem(body.tools, state.config.limits)
     if problem:
         raise ApiError(422, problem)
     try:
@@ -39,8 +42,10 @@ def register_toolset(body: ToolsetIn, response: Response, state: StateDep, sessi
     return _out(row)
 
 
-@router.get("/{name}", response_model=ToolsetOut)
-def read_toolset(name: str, session: SessionDep, tenant: TenantDep, version: int | None = None) -> ToolsetOut:
+@router.get("/{name}", response_model=ToolsetOut, responses=error_responses(404))
+def read_toolset(name: Annotated[ToolsetName, Path()], session: SessionDep, tenant: TenantDep,
+                 version: Annotated[ToolsetVersion | None, Query(description="default: the latest")] = None
+                 ) -> ToolsetOut:
     row = get_toolset(session, tenant.id, name, version)
     if row is None:
         raise ApiError(404, f"toolset {name!r} not found")
