@@ -14,7 +14,7 @@ from api.routes import export, jobs, ops, replays, toolsets
 from hyfunc import __version__
 from hyfunc.config import HyFuncConfig, load_config
 from hyfunc.store.db import session_factory
-from worker.app import create_app as create_celery
+from producer import create_celery
 
 DESCRIPTION = """Queue-driven intent-to-function-call service.
 

@@ -95,11 +95,15 @@ class JobIn(BaseModel):
 class JobAccepted(BaseModel):
     id: str
     status: str = "queued"
+    # "unavailable": stored as queued while the broker is down; sent when it is back.
+    broker: Literal["ok", "unavailable"] = "ok"
 
 
 class BatchAccepted(BaseModel):
     ids: list[str]
     count: int
+    status: str = "queued"
+    broker: Literal["ok", "unavailable"] = "ok"
 
 
 class JobList(BaseModel):

@@ -16,13 +16,16 @@ from api.deps import AppState
 from api.errors import ApiError
 from hyfunc.store.jobs import NewJob
 from hyfunc.store.submissions import validate_batch, validate_item
-from worker.app import submit_jobs
+from producer import submit_jobs
 
 __all__ = ["parse_batch_body", "submit", "validate_batch", "validate_item"]
 
 
-def submit(state: AppState, session: Session, tenant_id: int, new_jobs: Sequence[NewJob]) -> list[str]:
-    return [str(i) for i in submit_jobs(state.celery, session, tenant_id, new_jobs, state.config.worker.queue)]
+def submit(state: AppState, session: Session, tenant_id: int, new_jobs: Sequence[NewJob]) -> tuple[list[str], str]:
+    """Store and enqueue; returns the ids and the broker's state ("ok", or "unavailable":
+    the jobs are stored as queued and the sweeper sends them when the broker is back)."""
+    done = submit_jobs(state.celery, session, tenant_id, new_jobs, state.config.worker.queue)
+    return [str(i) for i in done.ids], "ok" if done.broker_ok else "unavailable"
 
 
 def parse_jsonl(text: str) -> list[Any]:

@@ -72,7 +72,9 @@ def summarize(results: list[dict[str, Any]], console_file: TextIO) -> dict[str, 
     table.add_column("value", justify="right")
     for key in ("requests", "calls", "no_calls", "errors", "tokens_generated", "tokens_injected"):
         table.add_row(key.replace("_", " "), str(summary[key]))
-    for stage in ("lml", "retrieve", "lms_prefill", "lms_decode", "total"):
+    from hyfunc.stages import CASCADE_STAGES
+
+    for stage in CASCADE_STAGES:
         values = [r["timings_ms"][stage] for r in ok if "timings_ms" in r]
         p50, p95 = _percentile(values, 0.5), _percentile(values, 0.95)
         summary[f"{stage}_ms_p50"], summary[f"{stage}_ms_p95"] = p50, p95

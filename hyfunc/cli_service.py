@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.config import HyFuncConfig, load_config
+from hyfunc.store.status import JOB_STATUSES
 
 
 def _config(args: argparse.Namespace) -> HyFuncConfig:
@@ -78,8 +79,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # so the models load once, here, before the first message is taken.
     if args.pool in ("solo", "threads"):
         get_runner(config)
+    from producer import control_queue
+
+    # The job queue, and the control queue the sweeper runs on (a job backlog cannot delay it).
+    queues = f"{config.worker.queue},{control_queue(config.worker.queue)}"
     argv = ["worker", "--pool", args.pool, "--concurrency", str(args.concurrency or config.worker.concurrency),
-            "--loglevel", args.loglevel, "--queues", config.worker.queue, "--without-gossip", "--without-mingle"]
+            "--loglevel", args.loglevel, "--queues", queues, "--without-gossip", "--without-mingle"]
     if args.name:
         argv += ["--hostname", args.name]
     if args.beat:
@@ -121,7 +126,8 @@ def _wait(sessions: Any, ids: list[Any], timeout: float) -> list[Any]:
     """Poll the store until every job is finished; returns the rows in the order of ids."""
     from sqlalchemy import func, select
 
-    from hyfunc.store.models import FINAL_STATUSES, Job
+    from hyfunc.store.models import Job
+    from hyfunc.store.status import FINAL_STATUSES
 
     deadline = time.monotonic() + timeout
     while True:
@@ -149,7 +155,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hyfunc.store.db import session_factory
     from hyfunc.store.keys import get_or_create_tenant
     from hyfunc.store.submissions import SubmissionError, validate_batch
-    from worker.app import create_app, submit_jobs
+    from producer import create_celery, submit_jobs
 
     config = _config(args)
     sessions = session_factory(config.store.url)
@@ -160,8 +166,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             new_jobs = validate_batch(session, tenant.id, items, config.limits)
         except SubmissionError as err:
             raise SystemExit(f"hyfunc: error: {args.file}: {err.message}") from None
-        ids = submit_jobs(create_app(config), session, tenant.id, new_jobs, config.worker.queue)
-    print(f"submitted {len(ids)} jobs to queue {config.worker.queue!r}", file=sys.stderr)
+        done = submit_jobs(create_celery(config), session, tenant.id, new_jobs, config.worker.queue)
+    ids = done.ids
+    note = "" if done.broker_ok else " (broker unreachable: stored as queued, the sweeper sends them)"
+    print(f"submitted {len(ids)} jobs to queue {config.worker.queue!r}{note}", file=sys.stderr)
     if not args.wait:
         with _open_out(args.out) as out:
             for job_id in ids:
@@ -205,7 +213,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from hyfunc.store.db import session_factory
     from hyfunc.store.keys import get_or_create_tenant
     from hyfunc.store.replay import create_replay, get_replay, replay_report, select_jobs
-    from worker.app import create_app, enqueue
+    from producer import create_celery, enqueue
 
     config = _config(args)
     sessions = session_factory(config.store.url)
@@ -236,7 +244,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ids = [j.id for j in jobs]
         replay_id = replay.id
         session.commit()
-    enqueue(create_app(config), ids, config.worker.queue)
+    enqueue(create_celery(config), ids, config.worker.queue)
     print(f"replay {replay_id}: {len(ids)} jobs enqueued", file=sys.stderr)
     if args.wait:
         _wait(sessions, ids, args.timeout)
@@ -288,7 +296,8 @@ def add_service_commands(subparsers: Any) -> None:
                         help="solo (default): one process holds the models and runs the batches; "
                              "run one worker per GPU (CUDA_VISIBLE_DEVICES)")
     worker.add_argument("--concurrency", type=int, help="default worker.concurrency (1)")
-    worker.add_argument("--beat", action="store_true", help="also run the lease sweeper schedule (one per deployment)")
+    worker.add_argument("--beat", action="store_true",
+                        help="also run the sweeper's schedule (one per deployment; it dies with this worker)")
     worker.add_argument("--name", help="Celery node name, e.g. gpu0@%%h")
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=cmd_worker)
@@ -326,7 +335,7 @@ def add_service_commands(subparsers: Any) -> None:
     _common(replay)
     replay.add_argument("--tenant", default="local")
     replay.add_argument("--jobs", nargs="+", help="job ids to replay")
-    replay.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    replay.add_argument("--status", choices=list(JOB_STATUSES))
     replay.add_argument("--since", help="ISO time with timezone")
     replay.add_argument("--until", help="ISO time with timezone")
     replay.add_argument("--toolset", help="toolset name")

@@ -35,7 +35,8 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 @router.post("", status_code=202, response_model=JobAccepted, responses=error_responses(400, 413))
 def create_job(body: JobIn, state: StateDep, session: SessionDep, tenant: TenantDep) -> JobAccepted:
     new_job = validate_item(session, tenant.id, body.model_dump(exclude_none=True), state.config.limits)
-    return JobAccepted(id=submit(state, session, tenant.id, [new_job])[0])
+    ids, broker = submit(state, session, tenant.id, [new_job])
+    return JobAccepted(id=ids[0], broker=broker)
 
 
 @router.post(
@@ -73,12 +74,12 @@ async def create_batch(request: Request, state: StateDep, session: SessionDep, t
     else:
         items = parse_batch_body(content_type, await request.body())
 
-    def store() -> list[str]:
+    def store() -> tuple[list[str], str]:
         new_jobs = validate_batch(session, tenant.id, items, state.config.limits)
         return submit(state, session, tenant.id, new_jobs)
 
-    ids = await run_in_threadpool(store)
-    return BatchAccepted(ids=ids, count=len(ids))
+    ids, broker = await run_in_threadpool(store)
+    return BatchAccepted(ids=ids, count=len(ids), broker=broker)
 
 
 @router.get("/{job_id}", responses=error_responses(404))

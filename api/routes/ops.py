@@ -1,36 +1,69 @@
-"""Operations: health (database and broker reachable) and Prometheus metrics."""
+"""Operations: health (database, broker, live workers) and Prometheus metrics.
+
+/healthz never echoes a driver's error (it would carry hosts, ports, user names): a
+dependency is "ok" or "unreachable". It answers 503 when the database or the broker is
+unreachable, or when no worker has sent a heartbeat recently (jobs would only queue up).
+/metrics answers only `Authorization: Bearer <api.metrics_token>` when that is set.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from api.deps import StateDep
+from api.errors import ApiError
+from hyfunc.store.workers import live_workers
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger("hyfunc.api")
 
 
-@router.get("/healthz")
-def healthz(state: StateDep) -> JSONResponse:
-    checks: dict[str, str] = {}
+def _health(state: Any) -> tuple[dict[str, Any], bool]:
+    wc = state.config.worker
+    body: dict[str, Any] = {}
+    workers: list[dict[str, Any]] = []
     try:
         with state.sessions() as session:
-            session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as err:  # noqa: BLE001 - reported, not raised
-        checks["database"] = f"error: {type(err).__name__}: {err}"
+            live = live_workers(session, stale_after_seconds=wc.heartbeat_interval * wc.heartbeat_misses)
+        workers = [{"name": w.name, "last_heartbeat": w.last_heartbeat.isoformat(), "started_at": w.started_at.isoformat()}
+                   for w in live]
+        body["database"] = "ok"
+    except Exception as err:  # noqa: BLE001 - reported, not raised, and never its text
+        log.warning("healthz: database unreachable: %s", type(err).__name__)
+        body["database"] = "unreachable"
     try:
         with state.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-        checks["broker"] = "ok"
+        body["broker"] = "ok"
     except Exception as err:  # noqa: BLE001
-        checks["broker"] = f"error: {type(err).__name__}: {err}"
-    ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+        log.warning("healthz: broker unreachable: %s", type(err).__name__)
+        body["broker"] = "unreachable"
+    body["workers"] = {"alive": len(workers), "list": workers} if body["database"] == "ok" else {"alive": None}
+    ok = body["database"] == "ok" and body["broker"] == "ok" and bool(workers)
+    return {"status": "ok" if ok else "unavailable", **body}, ok
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+@router.get("/healthz", responses={503: {"description": "database or broker unreachable, or no live worker"}})
+async def healthz(state: StateDep) -> JSONResponse:
+    body, ok = await run_in_threadpool(_health, state)
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response,
+            responses={401: {"description": "api.metrics_token is set and the bearer token is missing or wrong"}})
+async def metrics(state: StateDep,
+                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    token = state.config.api.metrics_token
+    if token:
+        given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
+    data = await run_in_threadpool(generate_latest, state.metrics_registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

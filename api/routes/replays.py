@@ -7,9 +7,10 @@ from fastapi import APIRouter
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
 from api.schemas import ReplayAccepted, ReplayIn, error_responses
+from hyfunc.store.jobs import mark_unsent
 from hyfunc.store.replay import create_replay, get_replay, replay_report, select_jobs
 from hyfunc.store.submissions import batch_problem
-from worker.app import enqueue
+from producer import enqueue
 
 router = APIRouter(prefix="/v1/replays", tags=["replays"], responses=error_responses(401, 422, 500, 503))
 
@@ -43,7 +44,11 @@ def start_replay(body: ReplayIn, state: StateDep, session: SessionDep, tenant: T
     ids = [str(j.id) for j in jobs]
     replay_id = str(replay.id)
     session.commit()
-    enqueue(state.celery, ids, state.config.worker.queue)
+    try:
+        enqueue(state.celery, ids, state.config.worker.queue)
+    except Exception:  # noqa: BLE001 - stored as queued: the sweeper sends them when the broker is back
+        mark_unsent(session, [j.id for j in jobs])
+        session.commit()
     return ReplayAccepted(id=replay_id, job_count=len(ids), job_ids=ids)
 
 

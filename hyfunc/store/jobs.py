@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from hyfunc.schema import CallRequest, CallResult, parse_request
-from hyfunc.store.models import FINAL_STATUSES, Job, Toolset, utcnow
+from hyfunc.stages import STAGES, timing_column
+from hyfunc.store import counters
+from hyfunc.store.models import Job, Toolset, utcnow
+from hyfunc.store.status import FAILED, QUEUED, RUNNING, SUCCEEDED
+from hyfunc.store.status import is_final as is_final  # re-exported for older imports
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def create_jobs(session: Session, tenant_id: int, new_jobs: Sequence[NewJob]) ->
             client_id=spec.client_id,
             request={"query": spec.query, "tools": spec.tools},
             toolset_id=spec.toolset_id,
-            status="queued",
+            status=QUEUED,
             attempts=0,
             replay_of=spec.replay_of,
             replay_id=spec.replay_id,
@@ -56,6 +60,7 @@ def create_jobs(session: Session, tenant_id: int, new_jobs: Sequence[NewJob]) ->
     ]
     session.add_all(rows)
     session.flush()
+    counters.move(session, None, QUEUED, len(rows))
     return rows
 
 
@@ -158,49 +163,47 @@ def claim_jobs(
     lease_seconds: float,
     max_attempts: int,
 ) -> Claim:
-    """Mark the claimable jobs among job_ids running under batch_id (one conditional UPDATE)."""
+    """Mark the claimable jobs among job_ids running under batch_id.
+
+    The claimable rows are read FOR UPDATE first (PostgreSQL re-checks the condition
+    after a concurrent claim commits), so the counters know which status each one left.
+    """
     ids = list(dict.fromkeys(job_ids))
     now = utcnow()
     claimable = and_(
         Job.id.in_(ids),
-        or_(
-            Job.status == "queued",
-            and_(Job.status == "running", Job.lease_expires_at < now),
-        ),
+        or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.lease_expires_at < now)),
     )
+    rows = session.execute(select(Job.id, Job.status, Job.attempts).where(claimable).with_for_update()).all()
+    if not rows:
+        return Claim(claimed=[], gave_up=[])
+    was = {row.id: row.status for row in rows}
     # A job that keeps losing its worker (e.g. one that crashes the process) is given up
     # rather than retried forever.
-    gave_up = list(
-        session.scalars(
-            update(Job)
-            .where(claimable, Job.attempts >= max_attempts)
-            .values(
-                status="failed",
-                error=f"gave up after {max_attempts} attempts: the worker was lost or the lease expired each time",
-                finished_at=now,
-                lease_expires_at=None,
-            )
+    out_of_attempts = [row.id for row in rows if row.attempts >= max_attempts]
+    runnable = [row.id for row in rows if row.attempts < max_attempts]
+    gave_up: list[uuid.UUID] = []
+    if out_of_attempts:
+        gave_up = list(session.scalars(
+            update(Job).where(Job.id.in_(out_of_attempts), claimable)
+            .values(status=FAILED, finished_at=now, lease_expires_at=None,
+                    error=f"gave up after {max_attempts} attempts: the worker was lost or the lease expired each time")
             .returning(Job.id)
-        )
-    )
-    claimed = list(
-        session.scalars(
-            update(Job)
-            .where(claimable, Job.attempts < max_attempts)
-            .values(
-                status="running",
-                worker=worker,
-                batch_id=batch_id,
-                started_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-            )
+        ))
+    claimed: list[uuid.UUID] = []
+    if runnable:
+        claimed = list(session.scalars(
+            update(Job).where(Job.id.in_(runnable), claimable)
+            .values(status=RUNNING, worker=worker, batch_id=batch_id, started_at=now, batch_size=len(runnable),
+                    lease_expires_at=now + timedelta(seconds=lease_seconds), attempts=Job.attempts + 1)
             .returning(Job.id)
-        )
-    )
-    size = len(claimed)
-    if claimed:
-        session.execute(update(Job).where(Job.id.in_(claimed)).values(batch_size=size))
+        ))
+        if len(claimed) != len(runnable):
+            session.execute(update(Job).where(Job.id.in_(claimed)).values(batch_size=len(claimed)))
+    for job_id in gave_up:
+        counters.move(session, was[job_id], FAILED)
+    for job_id in claimed:
+        counters.move(session, was[job_id], RUNNING)
     return Claim(claimed=claimed, gave_up=gave_up)
 
 
@@ -211,7 +214,17 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _owned(job_id: uuid.UUID, batch_id: uuid.UUID) -> Any:
-    return and_(Job.id == job_id, Job.status == "running", Job.batch_id == batch_id)
+    return and_(Job.id == job_id, Job.status == RUNNING, Job.batch_id == batch_id)
+
+
+def _count_final(session: Session, status: str, timings: dict[str, float | None]) -> None:
+    counters.move(session, RUNNING, status)
+    if status != SUCCEEDED:
+        return
+    for stage in STAGES:
+        value = timings.get(timing_column(stage))
+        if value is not None:
+            counters.observe(session, f"stage_ms.{stage}", value, counters.LATENCY_BUCKETS_MS)
 
 
 def finish_job(
@@ -225,7 +238,7 @@ def finish_job(
 ) -> bool:
     """Write a result if this batch still owns the job; False means someone else finished it."""
     now = utcnow()
-    status = "failed" if result.error else "succeeded"
+    status = FAILED if result.error else SUCCEEDED
     t, tok, passes = result.timings_ms, result.tokens, result.forward_passes
     values: dict[str, Any] = dict(
         status=status,
@@ -238,11 +251,6 @@ def finish_job(
         finished_at=now,
         lease_expires_at=None,
         queue_wait_ms=_ms_between(job.created_at, job.started_at),
-        lml_ms=t.lml,
-        retrieve_ms=t.retrieve,
-        lms_prefill_ms=t.lms_prefill,
-        lms_decode_ms=t.lms_decode,
-        total_ms=t.total,
         tokens_lml_prompt=tok.lml_prompt,
         tokens_lms_prompt=tok.lms_prompt,
         tokens_injected=tok.injected,
@@ -251,8 +259,13 @@ def finish_job(
         passes_lml=passes.lml,
         passes_lms=passes.lms,
     )
+    for stage in STAGES[1:]:  # the cascade's stages; queue_wait is the store's own
+        values[timing_column(stage)] = getattr(t, stage)
     res = session.execute(update(Job).where(_owned(job.id, batch_id)).values(**values))
-    return res.rowcount == 1
+    if res.rowcount != 1:
+        return False
+    _count_final(session, status, values)
+    return True
 
 
 def fail_job(
@@ -263,7 +276,7 @@ def fail_job(
         update(Job)
         .where(_owned(job.id, batch_id))
         .values(
-            status="failed",
+            status=FAILED,
             error=error,
             finished_at=now,
             lease_expires_at=None,
@@ -272,35 +285,89 @@ def fail_job(
             queue_wait_ms=_ms_between(job.created_at, job.started_at),
         )
     )
-    return res.rowcount == 1
+    if res.rowcount != 1:
+        return False
+    _count_final(session, FAILED, {})
+    return True
 
 
-def stale_jobs(session: Session, *, lease_seconds: float, limit: int = 1000) -> list[uuid.UUID]:
-    """Jobs to re-enqueue: queued but not picked up within a lease (lost message), or
-    running past their lease (lost worker). Their enqueued_at is bumped so one sweep
-    re-enqueues a job once per lease, not on every tick."""
+def start_jobs(session: Session, jobs: Sequence[Job], *, worker: str, batch_id: uuid.UUID) -> None:
+    """Mark freshly created jobs running in one batch without a claim (the embedded path,
+    which runs them in this very process)."""
     now = utcnow()
-    cutoff = now - timedelta(seconds=lease_seconds)
-    ids = list(
-        session.scalars(
-            select(Job.id)
-            .where(
-                or_(
-                    and_(Job.status == "queued", Job.enqueued_at < cutoff),
-                    and_(Job.status == "running", Job.lease_expires_at < now, Job.enqueued_at < cutoff),
-                )
-            )
-            .order_by(Job.enqueued_at)
-            .limit(limit)
-        )
-    )
-    if ids:
-        session.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=now))
+    for job in jobs:
+        job.status, job.worker, job.batch_id, job.started_at, job.attempts = RUNNING, worker, batch_id, now, 1
+    session.flush()
+    counters.move(session, QUEUED, RUNNING, len(jobs))
+
+
+def release_jobs_of(session: Session, workers: Sequence[str]) -> list[uuid.UUID]:
+    """Running jobs of dead workers go back to queued, not yet sent (enqueued_at NULL),
+    so the sweeper sends them at once instead of after their lease. A batch that was not
+    dead after all can no longer write them: its finish is conditioned on 'running'."""
+    if not workers:
+        return []
+    ids = list(session.scalars(
+        update(Job).where(Job.status == RUNNING, Job.worker.in_(list(workers)))
+        .values(status=QUEUED, lease_expires_at=None, enqueued_at=None).returning(Job.id)
+    ))
+    counters.move(session, RUNNING, QUEUED, len(ids))
+    counters.count(session, "jobs.requeued.dead_worker", len(ids))
     return ids
 
 
-def is_final(status: str) -> bool:
-    return status in FINAL_STATUSES
+def mark_unsent(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """The broker refused these ids: NULL enqueued_at tells the sweeper to send them."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids)), Job.status == QUEUED).values(enqueued_at=None))
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(enqueued_at=utcnow()))
+
+
+def jobs_to_enqueue(
+    session: Session,
+    *,
+    grace_seconds: float,
+    lease_seconds: float,
+    broker_depth: int | None,
+    in_flight: int,
+    limit: int = 2000,
+) -> list[uuid.UUID]:
+    """Queued jobs without a message in the broker, oldest first (the sweeper sends them).
+
+    - never sent (enqueued_at NULL: the broker was down, or a dead worker's job);
+    - lost messages: the broker is first-in first-out, so its `broker_depth` messages
+      belong to the newest queued jobs; queued jobs beyond those (and beyond the
+      `in_flight` messages workers hold) that were sent more than grace_seconds ago have
+      lost their message (e.g. a broker restarted without persistence). A job sent
+      recently, or one still covered by the broker's count, is never sent twice;
+    - running past its lease (a worker that never sent a heartbeat) or queued past the
+      lease: the fallback when the broker's depth is unknown.
+    """
+    now = utcnow()
+    ids = list(session.scalars(
+        select(Job.id).where(Job.status == QUEUED, Job.enqueued_at.is_(None)).order_by(Job.created_at).limit(limit)
+    ))
+    cutoff = now - timedelta(seconds=lease_seconds)
+    expired = select(Job.id).where(
+        or_(and_(Job.status == QUEUED, Job.enqueued_at < cutoff),
+            and_(Job.status == RUNNING, Job.lease_expires_at < now, Job.enqueued_at < cutoff))
+    ).order_by(Job.enqueued_at).limit(limit)
+    seen = set(ids)
+    ids += [i for i in session.scalars(expired) if i not in seen]
+    if broker_depth is not None and len(ids) < limit:
+        sent = session.scalar(select(func.count()).where(Job.status == QUEUED, Job.enqueued_at.is_not(None))) or 0
+        lost = sent - broker_depth - in_flight
+        if lost > 0:
+            stale = select(Job.id).where(
+                Job.status == QUEUED, Job.enqueued_at < now - timedelta(seconds=grace_seconds)
+            ).order_by(Job.enqueued_at).limit(min(lost, limit - len(ids)))
+            seen = set(ids)
+            ids += [i for i in session.scalars(stale) if i not in seen]
+    return ids[:limit]
 
 
 def job_to_dict(job: Job, *, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -326,14 +393,7 @@ def job_to_dict(job: Job, *, tools: list[dict[str, Any]] | None = None) -> dict[
         "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "timings_ms": {
-            "queue_wait": job.queue_wait_ms,
-            "lml": job.lml_ms,
-            "retrieve": job.retrieve_ms,
-            "lms_prefill": job.lms_prefill_ms,
-            "lms_decode": job.lms_decode_ms,
-            "total": job.total_ms,
-        },
+        "timings_ms": {stage: getattr(job, timing_column(stage)) for stage in STAGES},
         "tokens": {
             "lml_prompt": job.tokens_lml_prompt,
             "lms_prompt": job.tokens_lms_prompt,

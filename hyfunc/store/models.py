@@ -27,8 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+from hyfunc.store.status import (
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    QUEUED,
+    WORKER_ALIVE,
+    WORKER_STATUSES,
+    sql_in,
+)
+
+__all__ = ["FINAL_STATUSES", "JOB_STATUSES"]  # re-exported: older imports read them from here
+
 VERDICTS = ("correct", "incorrect")
 
 
@@ -131,9 +140,7 @@ class Replay(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
-        ),
+        CheckConstraint(f"status IN ({sql_in(JOB_STATUSES)})", name="status"),
         # GET /v1/jobs pages by (created_at, id) within a tenant, optionally by status.
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at"),
@@ -147,7 +154,7 @@ class Job(Base):
     # {"query": ..., "tools": [...] or null}; tools are null when a toolset is named.
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     toolset_id: Mapped[int | None] = mapped_column(ForeignKey("toolsets.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
 
     calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -199,3 +206,30 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="feedback")
+
+
+class Worker(Base):
+    """A worker process's heartbeat row: the sweeper re-enqueues a dead worker's jobs
+    within seconds, and /healthz counts the live ones."""
+
+    __tablename__ = "workers"
+    __table_args__ = (CheckConstraint(f"status IN ({sql_in(WORKER_STATUSES)})", name="status"),)
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # the jobs.worker it stamps
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(256))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=WORKER_ALIVE)
+
+
+class Counter(Base):
+    """Incremental counters for /metrics (jobs per status, latency and batch-size buckets),
+    bumped in the same transaction as the status changes they count, so a scrape reads a
+    few dozen rows instead of aggregating the jobs table."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)

@@ -14,9 +14,8 @@ from sqlalchemy.orm import Session
 from hyfunc.config import HyFuncConfig
 from hyfunc.schema import CallRequest, CallResult
 from hyfunc.store.db import normalize_url, session_factory, transaction
-from hyfunc.store.jobs import NewJob, create_jobs, finish_job
+from hyfunc.store.jobs import NewJob, create_jobs, finish_job, start_jobs
 from hyfunc.store.keys import get_or_create_tenant
-from hyfunc.store.models import utcnow
 
 LOCAL_TENANT = "local"
 
@@ -49,11 +48,8 @@ def record_finished_jobs(
         tenant_id,
         [NewJob(query=r.query, tools=[t.to_json() for t in r.tools], client_id=r.id) for r, _ in pairs],
     )
-    now = utcnow()
     batch_id = uuid.uuid4()
-    for job in jobs:
-        job.status, job.worker, job.batch_id, job.started_at, job.attempts = "running", worker, batch_id, now, 1
-    session.flush()
+    start_jobs(session, jobs, worker=worker, batch_id=batch_id)
     for job, (_, result) in zip(jobs, pairs, strict=True):
         finish_job(session, job, batch_id, result, model_versions=model_versions or {}, batch_size=len(jobs))
     return [j.id for j in jobs]

@@ -18,8 +18,7 @@ from hyfunc.store.db import session_factory
 from hyfunc.store.jobs import NewJob
 from hyfunc.store.keys import get_or_create_tenant
 from hyfunc.store.models import FINAL_STATUSES, Job, Tenant
-from worker.app import create_app as create_celery
-from worker.app import submit_jobs
+from producer import create_celery, submit_jobs
 
 pytestmark = pytest.mark.service
 
@@ -44,7 +43,7 @@ def test_worker_runs_jobs_through_rabbitmq(pg_url: str, tiny_models: Path, tmp_p
             tenant = get_or_create_tenant(s, queue)
             s.commit()
             ids = submit_jobs(celery, s, tenant.id, [NewJob(query=f"weather in {i}", tools=[WEATHER])
-                                                     for i in range(10)], queue)
+                                                     for i in range(10)], queue).ids
 
         def done() -> list[Job] | None:
             assert worker.alive(), worker.tail()

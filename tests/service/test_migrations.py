@@ -18,7 +18,7 @@ from hyfunc.store.models import Base
 
 pytestmark = pytest.mark.service
 
-TABLES = {"tenants", "api_keys", "toolsets", "replays", "jobs", "feedback"}
+TABLES = {"tenants", "api_keys", "toolsets", "replays", "jobs", "feedback", "workers", "counters"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,8 +13,7 @@ from hyfunc.store.db import session_factory
 from hyfunc.store.jobs import NewJob
 from hyfunc.store.keys import get_or_create_tenant
 from hyfunc.store.models import FINAL_STATUSES, Job
-from worker.app import create_app as create_celery
-from worker.app import submit_jobs
+from producer import create_celery, submit_jobs
 
 pytestmark = pytest.mark.service
 

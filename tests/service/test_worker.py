@@ -19,8 +19,7 @@ from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.jobs import NewJob, create_jobs
 from hyfunc.store.keys import create_key
 from hyfunc.store.models import FINAL_STATUSES, Job
-from worker.app import create_app as create_celery
-from worker.app import enqueue
+from producer import create_celery, enqueue
 
 pytestmark = pytest.mark.service
 

@@ -1,0 +1,15 @@
+"""Stage names of one job's trip through the service: the one list the job store's timing
+columns, the API's `timings_ms`, the Prometheus labels and the CLI summary all read."""
+
+from __future__ import annotations
+
+# queue_wait is the service's (created -> claimed); the rest are the cascade's own.
+CASCADE_STAGES: tuple[str, ...] = ("lml", "retrieve", "lms_prefill", "lms_decode", "total")
+STAGES: tuple[str, ...] = ("queue_wait", *CASCADE_STAGES)
+
+
+def timing_column(stage: str) -> str:
+    """The jobs table column holding a stage's milliseconds."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    return f"{stage}_ms"

@@ -1,0 +1,68 @@
+"""Worker heartbeats: each worker process upserts its row every few seconds; the sweeper
+marks workers whose beat is too old dead (and releases their jobs, hyfunc.store.jobs);
+/healthz lists the live ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from hyfunc.store.models import Worker, utcnow
+from hyfunc.store.status import WORKER_ALIVE, WORKER_DEAD, WORKER_STOPPED
+
+# Rows of workers gone for longer than this are deleted, so the table stays small.
+FORGET_AFTER = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    host: str
+    pid: int
+    queue: str
+    started_at: datetime
+    last_heartbeat: datetime
+    status: str
+
+
+def heartbeat(session: Session, *, name: str, host: str, pid: int, queue: str, started_at: datetime) -> None:
+    """Upsert this worker's row as alive with a fresh beat (also revives a row the sweeper
+    marked dead after a pause: its jobs were already released, nothing else to undo)."""
+    now = utcnow()
+    res = session.execute(
+        update(Worker).where(Worker.name == name).values(last_heartbeat=now, status=WORKER_ALIVE, host=host, pid=pid,
+                                                         queue=queue)
+    )
+    if res.rowcount == 0:
+        session.add(Worker(name=name, host=host, pid=pid, queue=queue, started_at=started_at, last_heartbeat=now,
+                           status=WORKER_ALIVE))
+
+
+def mark_stopped(session: Session, name: str) -> None:
+    session.execute(update(Worker).where(Worker.name == name).values(status=WORKER_STOPPED, last_heartbeat=utcnow()))
+
+
+def mark_dead(session: Session, *, stale_after_seconds: float) -> list[str]:
+    """Workers still marked alive whose last beat is older than stale_after_seconds."""
+    now = utcnow()
+    names = list(session.scalars(
+        update(Worker)
+        .where(Worker.status == WORKER_ALIVE, Worker.last_heartbeat < now - timedelta(seconds=stale_after_seconds))
+        .values(status=WORKER_DEAD)
+        .returning(Worker.name)
+    ))
+    session.execute(delete(Worker).where(Worker.status != WORKER_ALIVE, Worker.last_heartbeat < now - FORGET_AFTER))
+    return names
+
+
+def live_workers(session: Session, *, stale_after_seconds: float) -> list[WorkerInfo]:
+    """Workers marked alive whose beat is fresh, newest beat first."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_seconds)
+    rows = session.scalars(
+        select(Worker).where(Worker.status == WORKER_ALIVE, Worker.last_heartbeat >= cutoff)
+        .order_by(Worker.last_heartbeat.desc())
+    )
+    return [WorkerInfo(r.name, r.host, r.pid, r.queue, r.started_at, r.last_heartbeat, r.status) for r in rows]

@@ -1,0 +1,61 @@
+"""The sweeper: what beat runs every worker.sweep_interval on the control queue.
+
+1. workers whose heartbeat is older than heartbeat_misses x heartbeat_interval are marked
+   dead and their running jobs go back to queued (within seconds, not after the lease);
+2. queued jobs without a message in the broker (never sent, released above, or lost with
+   the broker) are sent again — never a job whose message is fresh (see
+   hyfunc.store.jobs.jobs_to_enqueue), so a backlog does not fill with duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from hyfunc.config import HyFuncConfig
+from hyfunc.store.db import transaction
+from hyfunc.store.jobs import jobs_to_enqueue, mark_enqueued, release_jobs_of
+from hyfunc.store.workers import live_workers, mark_dead
+from producer.broker import broker_depth, enqueue
+
+log = logging.getLogger("hyfunc.worker")
+
+
+@dataclass
+class SweepReport:
+    dead_workers: list[str] = field(default_factory=list)
+    released: int = 0
+    sent: int = 0
+    broker_depth: int | None = None
+
+
+def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) -> SweepReport:
+    wc = config.worker
+    stale_after = wc.heartbeat_interval * wc.heartbeat_misses
+    report = SweepReport()
+    with transaction(factory) as session:
+        report.dead_workers = mark_dead(session, stale_after_seconds=stale_after)
+        report.released = len(release_jobs_of(session, report.dead_workers))
+        alive = len(live_workers(session, stale_after_seconds=stale_after))
+    if report.dead_workers:
+        log.warning("sweeper: workers %s missed their heartbeats; %d of their running jobs re-queued",
+                    report.dead_workers, report.released)
+    report.broker_depth = broker_depth(celery, wc.queue)
+    # Messages a worker holds (prefetched, or in its running batch) are in neither the
+    # broker's count nor lost: allow each live worker its prefetch window.
+    in_flight = alive * 2 * wc.flush_every * wc.concurrency
+    with factory() as session:
+        ids = jobs_to_enqueue(session, grace_seconds=wc.requeue_grace_seconds, lease_seconds=wc.lease_seconds,
+                              broker_depth=report.broker_depth, in_flight=in_flight)
+    if not ids:
+        return report
+    enqueue(celery, ids, wc.queue)  # a broker error propagates: the next sweep tries again
+    with transaction(factory) as session:
+        mark_enqueued(session, ids)
+    report.sent = len(ids)
+    log.warning("sweeper: sent %d queued jobs that had no message in the broker (broker depth %s)",
+                report.sent, report.broker_depth)
+    return report
