@@ -41,6 +41,15 @@ class CascadeConfig(BaseModel):
     # Weight of the retriever's belief in the LMS's function-name choice (0: the LMS alone).
     retriever_prior: float | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, ge=1)
+    # More jobs than batch_size in one run: rows are refilled as jobs finish (continuous
+    # batching); false runs static batches of batch_size one after another.
+    continuous: bool = True
+    # Generated-token budgets (null: unbounded). A job, or one call of it, over its budget
+    # fails alone with an error naming the key; the rest of its batch goes on.
+    max_job_tokens: int | None = Field(default=2048, ge=1)
+    max_call_tokens: int | None = Field(default=1024, ge=1)
+    # LMS prompt KV kept in the radix prefix cache (candidate schemas shared across jobs), bytes; 0: off.
+    prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     index_dir: str | None = None  # function index cache; default: <models.dir>/index
 
 
