@@ -68,6 +68,24 @@ def cmd_eval_bfcl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_seal(args: argparse.Namespace) -> int:
+    from hyfunc.cli import CliError
+    from hyfunc.eval.seal import evaluate_seal
+
+    cascade = _load_cascade(args)
+    out = Path(args.out) if args.out else None
+    try:
+        results = evaluate_seal(cascade, args.split, data=args.data, limit=args.limit, out_dir=out,
+                                progress=not args.json, log=(lambda _m: None) if args.json else print)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if args.json:
+        print(json.dumps(results))
+    elif out:
+        print(f"raw outputs and results.json in {out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from hyfunc.bench.suite import KINDS, BenchOptions, run_bench
 
@@ -107,6 +125,17 @@ def add_eval_commands(sub) -> None:
     bfcl.add_argument("--config")
     bfcl.add_argument("--json", action="store_true", help="print one JSON object")
     bfcl.set_defaults(func=cmd_eval_bfcl)
+
+    seal = ev_sub.add_parser("seal", help="Seal-Tools: exact match of the call multiset, function and parameter F1")
+    seal.add_argument("--split", default="test_in_domain", choices=["test_in_domain", "test_out_domain", "dev"])
+    seal.add_argument("--data", help="Seal-Tools_Dataset directory (default: $HYFUNC_SEAL_DIR, else the vendored "
+                                     "data/seal/, which holds test_in_domain)")
+    seal.add_argument("--limit", type=int, help="first N questions (default: all)")
+    seal.add_argument("--out", help="write raw outputs and results.json here")
+    seal.add_argument("--models", help="models directory (default: the config's models.dir)")
+    seal.add_argument("--config")
+    seal.add_argument("--json", action="store_true", help="print one JSON object")
+    seal.set_defaults(func=cmd_eval_seal)
 
     bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
     bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "all"])
