@@ -7,6 +7,12 @@ import math
 # States of the JSON number grammar: -?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?
 _START, _MINUS, _ZERO, _INT, _DOT, _FRAC, _E, _ESIGN, _EXP, _DEAD = range(10)
 _ACCEPTING = {_ZERO, _INT, _FRAC, _EXP}
+# Public names for the compiled per-vocabulary tables (hyfunc.cascade.constraints).
+START, DEAD = _START, _DEAD
+ACCEPTING = frozenset(_ACCEPTING)
+EXPONENT_STATES = frozenset({_E, _ESIGN, _EXP})
+# A number without an exponent overflows a double only past 308 integer digits.
+OVERFLOW_FREE_LENGTH = 300
 
 
 def _step(state: int, ch: str, integer: bool) -> int:
@@ -30,6 +36,15 @@ def _step(state: int, ch: str, integer: bool) -> int:
     if state in (_ESIGN, _EXP):
         return _EXP if digit else _DEAD
     return _DEAD
+
+
+def number_step(state: int, text: str, integer: bool) -> int:
+    """The state after feeding ``text`` (e.g. one token's characters) from ``state``."""
+    for ch in text:
+        state = _step(state, ch, integer)
+        if state == _DEAD:
+            break
+    return state
 
 
 def number_state(text: str, integer: bool) -> int:

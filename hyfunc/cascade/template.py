@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Generator
@@ -35,8 +34,11 @@ from typing import Any
 
 import torch
 
-from hyfunc.cascade.numbers import completion_digit, is_complete_number, is_finite_number_prefix
-from hyfunc.cascade.vocab import VocabConstraints
+# RECORD_ALLOWED_MAX: allowed sets larger than this are recorded as "unrestricted" (None) — a
+# softmax over the whole vocabulary differs from one over most of it only in noise.
+from hyfunc.cascade.constraints import RECORD_ALLOWED_MAX as RECORD_ALLOWED_MAX
+from hyfunc.cascade.constraints import CompiledVocab, CopySpans, compile_vocab, logsumexp
+from hyfunc.cascade.numbers import START, completion_digit, is_complete_number
 from hyfunc.schema import Call, ParamSchema, Tool
 
 CALL_OPEN = '<tool_call>\n{"name": "'
@@ -100,24 +102,25 @@ class TokenRecord:
     allowed: list[list[int] | None] = field(default_factory=list)
 
 
-# Allowed sets larger than this are recorded as "unrestricted" (None): a softmax over the whole
-# vocabulary differs from one over most of it only in noise, and the lists would be large.
-RECORD_ALLOWED_MAX = 256
-
 
 _ALT = object()  # a value writer returns this when an alternative (e.g. "]") was chosen instead
 
 
 class TemplateMachine:
-    """Builds answer programs for a tokenizer; holds the per-vocabulary constraint tables."""
+    """Builds answer programs for a tokenizer; the per-vocabulary tables are compiled once per
+    process (``constraints.compile_vocab``) and shared by every machine on that vocabulary."""
 
     def __init__(self, tokenizer: Any, limits: MachineLimits | None = None, logits_size: int | None = None):
         self.tokenizer = tokenizer
         self.limits = limits or MachineLimits()
-        self.vocab = VocabConstraints.build(tokenizer, logits_size)
+        self.compiled: CompiledVocab = compile_vocab(tokenizer, logits_size)
+        self.vocab = self.compiled.vocab
         self._encode_cache: dict[str, list[int]] = {}
+        # Enum choices by content: (literal texts, then, alt) -> option token lists.
+        self._enum_cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[list[int]]] = {}
         self._source: bytes | None = None  # set on a per-job view when copy_values is on
-        self._source_tokens: dict[int, bytes] = {}
+        self._spans: CopySpans | None = None
+        self._number_literals: Counter[str] = Counter()
         for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER):
             if not self.encode(text):
                 raise ValueError(f"tokenizer cannot encode template text {text!r}")
@@ -170,15 +173,17 @@ class TemplateMachine:
             raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
 
     def _with_source(self, source: str) -> TemplateMachine:
-        """A per-job view sharing every table, plus the query bytes and the tokens found in it.
+        """A per-job view sharing every table, plus the query bytes, where each token occurs in
+        them, and the number literals they write: built in time linear in the query.
 
         Values are compared in their JSON-escaped form, as they are generated."""
         view = copy.copy(self)
         escaped = json.dumps(source, ensure_ascii=False)[1:-1].encode("utf-8")
         view._source = escaped
-        view._source_tokens = {
-            tid: data for tid, data in enumerate(self.vocab.token_bytes) if data and data in escaped
-        }
+        view._spans = self.compiled.spans(escaped)
+        text = escaped.decode("utf-8", errors="replace")
+        # Whole numbers only: not the pieces of a date, a version or a word ("2026-04-18", "pm2.5").
+        view._number_literals = Counter(re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text))
         view._new_call()
         return view
 
@@ -192,11 +197,9 @@ class TemplateMachine:
         """The number literals written in the source (integers only, for integer parameters),
         less those whose every mention already fed a value of this call (``copy_distinct``)."""
         assert self._source is not None
-        text = self._source.decode("utf-8", errors="replace")
-        # Whole numbers only: not the pieces of a date, a version or a word ("2026-04-18", "pm2.5").
-        found = Counter(re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text))
+        found = self._number_literals
         if self.limits.copy_distinct:
-            found -= self._used_numbers
+            found = found - self._used_numbers  # a new Counter: the job's literals stay intact
         return {lit for lit in found if not integer or "." not in lit}
 
     def _use_number(self, literal: str) -> None:
@@ -245,15 +248,6 @@ class TemplateMachine:
         if starts:
             self._used_spans.append((starts[0], starts[0] + len(value)))
 
-    def _copy_options(self, prefix: bytes, pool: dict[int, bytes] | None = None) -> tuple[set[int], bool]:
-        """Extractive decoding over the source: which tokens extend ``prefix`` to a longer span
-        that starts at a word boundary, and whether ``prefix`` itself is a whole-word span (so the
-        value may end here). Spans never start or end inside a word: "Vanc" is not a value."""
-        candidates = self._source_tokens if pool is None else pool
-        extend = {tid for tid, data in candidates.items() if self._span_starts(prefix + data)}
-        closable = bool(prefix) and bool(self._whole_word_ends(prefix))
-        return extend, closable
-
     def teacher(self, candidates: list[Tool], gold: list[Call], source: str | None = None) -> TokenRecord:
         """Run the program with the gold answer as picker: the exact training token sequence.
 
@@ -276,7 +270,7 @@ class TemplateMachine:
                         raise TemplateError(f"gold token {step.gold} is not allowed at this step")
                     record.ids.append(step.gold)
                     record.generated.append(True)
-                    record.allowed.append(_allowed_list(step.allowed))
+                    record.allowed.append(self.compiled.record(step.allowed))
                     send = step.gold
         except StopIteration as stop:
             calls: list[Call] = stop.value
@@ -364,17 +358,16 @@ class TemplateMachine:
         teacher = gold_then is not None or gold_alt is not None
         if schema.enum is not None or schema.type in ("boolean", "null"):
             literals = schema.enum if schema.enum is not None else ([True, False] if schema.type == "boolean" else [None])
-            texts = [json.dumps(v, ensure_ascii=False) for v in literals]
-            options = [self.encode(lit + t) for lit in texts for t in then] + [self.encode(a) for a in alt]
+            options, count = self._enum_options(literals, then, alt)
             gold_index = None
             if teacher:
                 if gold_alt is not None:
-                    gold_index = len(texts) * len(then) + gold_alt
+                    gold_index = count * len(then) + gold_alt
                 else:
                     gold_index = _literal_index(literals, gold) * len(then) + gold_then
             index = yield from self._choose(options, gold_index)
-            if index >= len(texts) * len(then):
-                return _ALT, index - len(texts) * len(then)
+            if index >= count * len(then):
+                return _ALT, index - count * len(then)
             return literals[index // len(then)], index % len(then)
 
         if schema.type in ("integer", "number"):
@@ -397,6 +390,19 @@ class TemplateMachine:
             return (yield from self._array(schema, gold, then, gold_then, depth))
         return (yield from self._string(gold, then, gold_then, teacher))
 
+    def _enum_options(self, literals: list[Any], then: list[str], alt: list[str]) -> tuple[list[list[int]], int]:
+        """The token lists of an enum choice (each literal followed by each ``then``, then the
+        alternatives), cached by content: a 250-value enum is encoded once, not per decision."""
+        texts = [json.dumps(v, ensure_ascii=False) for v in literals]
+        key = ("\x00".join(texts), tuple(then), tuple(alt))
+        options = self._enum_cache.get(key)
+        if options is None:
+            options = [self.encode(lit + t) for lit in texts for t in then] + [self.encode(a) for a in alt]
+            if len(self._enum_cache) > 4096:
+                self._enum_cache.clear()
+            self._enum_cache[key] = options
+        return options, len(texts)
+
     def _string(
         self, gold: Any, then: list[str], gold_then: int | None, teacher: bool
     ) -> Generator[Step, int | None, tuple[Any, int]]:
@@ -410,35 +416,43 @@ class TemplateMachine:
                 raise TemplateError(f"gold string {gold!r} is longer than max_string_tokens")
         content: list[int] = []
         escaped = False
+        spans = self._spans
+        # A copy in progress: where its prefix occurs in the query, how long it is, its last byte.
+        starts = spans.first_starts if spans is not None else []
+        length, last = 0, None
+        used = self._used_spans if spans is not None and self.limits.copy_distinct else []
         while True:
             if len(content) >= self.limits.max_string_tokens and not escaped:
                 break  # length cap: the machine closes the string itself
             target = None
             if gold_ids is not None:
                 target = gold_ids[len(content)] if len(content) < len(gold_ids) else vocab.quote_id
-            allowed = vocab.string_mask[escaped]
-            copied: set[int] = set()
-            closable = False
-            if self._source is not None:
-                extend, closable = self._copy_options(vocab.decode_value_bytes(content))
-                copied = {t for t in extend if t != vocab.quote_id and bool(allowed[t])}
-            copy_mask = None
-            if copied or closable:
-                copy_mask = torch.zeros_like(allowed)
-                copy_mask[sorted(copied)] = True
-                copy_mask[vocab.quote_id] = closable
+            safe = vocab.string_exit[escaped]  # string-safe tokens from this escape state
+            copy_allowed: list[int] | None = None
+            if spans is not None and starts:
+                extend, closable = spans.options(starts, length, last, used)
+                copied = {t for _, t in extend if t != vocab.quote_id and t in safe}
+                if closable:
+                    copied.add(vocab.quote_id)
+                if copied:
+                    copy_allowed = sorted(copied)
             # A gold value that is not a span of the source is written freely (as inference would
-            # when the query lacks it): teacher mode keeps the copy mask only when gold fits it.
-            if copy_mask is not None and (target is None or bool(copy_mask[target])):
-                allowed = copy_mask
-            elif not escaped:
-                allowed = allowed.clone()
-                allowed[vocab.quote_id] = True
+            # when the query lacks it): teacher mode keeps the copy list only when gold fits it.
+            if copy_allowed is not None and (target is None or target in copy_allowed):
+                allowed: list[int] | torch.Tensor = copy_allowed
+            else:
+                allowed = vocab.string_mask[True] if escaped else self.compiled.string_open
             token = yield Generate(allowed, target)
             if token == vocab.quote_id and not escaped:
                 break
             escaped = vocab.string_exit[escaped][token]
             content.append(token)
+            if spans is not None and starts:
+                data = vocab.token_bytes[token] or b""
+                source = spans.source
+                starts = [s for s in starts if source.startswith(data, s + length)]
+                length += len(data)
+                last = data[-1] if data else last
         if len(content) >= self.limits.max_string_tokens:
             yield Inject([vocab.quote_id])
         value_bytes = vocab.decode_value_bytes(content)
@@ -470,6 +484,7 @@ class TemplateMachine:
         then_ids = [self.encode(t) for t in then]
         alt_ids = [self.encode(a) for a in alt]
         text = ""
+        state = START  # the number DFA's state after ``text``: each step is a table lookup
         count = 0
         while True:
             if count >= self.limits.max_number_tokens:
@@ -486,11 +501,12 @@ class TemplateMachine:
                     target = gold_ids[count]
                 else:
                     target = then_ids[gold_then][0]
-            free = {tid for tid, s in vocab.number_tokens.items() if is_finite_number_prefix(text + s, integer)}
+            moves = self.compiled.number_free(state, text, integer)
+            free = set(moves)
             numeric, allowed = free, self._number_allowed(free, text, integer, alt_ids, then_ids, blocked=False)
             if self._source is not None:
                 literals = self._source_numbers(integer)
-                extend = {tid for tid in free if any(lit.startswith(text + vocab.number_tokens[tid]) for lit in literals)}
+                extend = self._number_extensions(text, literals, free)
                 closable = text in literals
                 if extend or closable:  # otherwise (no such number in the query) the number stays free
                     copy_allowed = self._number_allowed(extend, text, integer, alt_ids, then_ids, blocked=not closable)
@@ -500,6 +516,7 @@ class TemplateMachine:
             token = yield Generate(sorted(allowed), target)
             if token in numeric:
                 text += vocab.number_tokens[token]
+                state = moves[token]
                 count += 1
                 continue
             if not text and alt_ids and any(ids[0] == token for ids in alt_ids):
@@ -511,6 +528,18 @@ class TemplateMachine:
         self._use_number(text)
         index = yield from self._choose(then_ids, gold_then)
         return json.loads(text), index
+
+    def _number_extensions(self, text: str, literals: set[str], free: set[int]) -> set[int]:
+        """Number tokens that extend ``text`` along one of the query's literals: each literal's
+        remainder is cut at every length and looked up, instead of testing every number token."""
+        ids = self.compiled.number_ids
+        extend: set[int] = set()
+        for literal in literals:
+            if len(literal) > len(text) and literal.startswith(text):
+                rest = literal[len(text) :]
+                for k in range(1, len(rest) + 1):
+                    extend.update(t for t in ids.get(rest[:k], ()) if t in free)
+        return extend
 
     @staticmethod
     def _number_allowed(
@@ -655,54 +684,40 @@ class TemplateMachine:
         ``prior``: a log-prior per option; at each branch it becomes a bias per next token, the
         log of the prior mass of the options still alive behind that token.
         """
-        if not options:
-            raise TemplateError("a choice needs at least one option")
-        for i, a in enumerate(options):
-            if not a:
-                raise TemplateError("a choice option encodes to no tokens")
-            for j, b in enumerate(options):
-                if i != j and len(a) < len(b) and b[: len(a)] == a:
-                    raise TemplateError("a choice option is a token prefix of another")
-        alive = list(range(len(options)))
+        try:
+            trie = self.compiled.trie(options)  # compiled once per option list (content-keyed)
+        except ValueError as err:
+            raise TemplateError(str(err)) from None
+        node = trie.root
         pos = 0
         forced: list[int] = []
         if first is not None:
-            alive = [i for i in alive if options[i][0] == first]
+            if first not in node.children:
+                raise TemplateError(f"token {first} does not start any of the choices")
+            node = node.children[first]
             pos = 1
         while True:
-            finished = [i for i in alive if len(options[i]) == pos]
-            if finished:
+            if node.terminal is not None:
                 if forced:
                     yield Inject(forced)
-                return finished[0]
-            nexts = sorted({options[i][pos] for i in alive})
-            if len(nexts) == 1:
-                token = nexts[0]
+                return node.terminal
+            if len(node.nexts) == 1:
+                token = node.nexts[0]
                 forced.append(token)
             else:
                 if forced:
                     yield Inject(forced)
                     forced = []
-                target = options[gold_index][pos] if gold_index is not None else None
+                target = trie.options[gold_index][pos] if gold_index is not None else None
                 bias = None
                 if prior is not None:
-                    total = _logsumexp([prior[i] for i in alive])
-                    bias = [_logsumexp([prior[i] for i in alive if options[i][pos] == t]) - total for t in nexts]
-                token = yield Generate(nexts, target, bias)
-                if token not in nexts:
+                    total = logsumexp([prior[i] for i in node.members])
+                    bias = [logsumexp([prior[i] for i in node.children[t].members]) - total for t in node.nexts]
+                token = yield Generate(list(node.nexts), target, bias)
+                if token not in node.children:
                     raise TemplateError(f"token {token} is not one of the allowed choices")
-            alive = [i for i in alive if options[i][pos] == token]
+            node = node.children[token]
             pos += 1
-
-
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def _allowed_list(allowed: list[int] | torch.Tensor) -> list[int] | None:
-    ids = allowed.nonzero().flatten().tolist() if isinstance(allowed, torch.Tensor) else list(allowed)
-    return ids if len(ids) <= RECORD_ALLOWED_MAX else None
 
 
 def _literal_index(literals: list[Any], gold: Any) -> int:
