@@ -108,7 +108,7 @@ def write_llama_gguf(model, tokenizer, path: Path, chat_template: str | None = C
 
 def bpe_tokenizer():
     """The project's byte-level BPE (ChatML specials), small and deterministic."""
-    from hyfunc.models.tokenizer import train_bpe_tokenizer
     from hyfunc.models.tiny import TINY_CORPUS
+    from hyfunc.models.tokenizer import train_bpe_tokenizer
 
     return train_bpe_tokenizer(TINY_CORPUS, vocab_size=400)

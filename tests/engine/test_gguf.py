@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from gguf_support import CHATML_TEMPLATE, bpe_tokenizer, tiny_llama, write_llama_gguf
 
 pytest.importorskip("gguf")
