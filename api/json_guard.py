@@ -92,8 +92,8 @@ def _parse(text: str) -> tuple[Any, str | None] | None:
         return json.loads(text), None
     except json.JSONDecodeError:
         return None
-    except ValueError as err:  # e.g. an integer with more digits than Python converts
-        return None, f"unreadable number: {err}"
+    except ValueError:  # an integer with more digits than Python converts (4300)
+        return None, "a number has too many digits to read"
 
 
 def body_problem(raw: bytes, max_depth: int, *, lines: bool = False) -> str | None:

@@ -16,6 +16,7 @@ from hyfunc.store.submissions import (
     MAX_TOOLSET_VERSION,
     TOOLSET_NAME_PATTERN,
     text_problem,
+    toolset_ref_problem,
 )
 
 # `name` or `name@version` (the version's range is checked when the job is validated).
@@ -38,8 +39,22 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
-# A line of text for a column: no control characters, no lone surrogates (documented as a pattern).
-SingleLine = Annotated[str, AfterValidator(_single_line), Field(json_schema_extra={"pattern": CONTROL_FREE_PATTERN})]
+def _toolset_ref(value: str) -> str:
+    problem = toolset_ref_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def single_line(max_chars: int) -> Any:
+    """A line of text for a column of max_chars: no control characters, no lone surrogates."""
+    return Annotated[str, Field(max_length=max_chars), AfterValidator(_single_line),
+                     Field(json_schema_extra={"pattern": CONTROL_FREE_PATTERN})]
+
+
+# `name` or `name@version`, the version within the column's range.
+ToolsetRef = Annotated[str, AfterValidator(_toolset_ref),
+                       Field(json_schema_extra={"pattern": TOOLSET_REF_PATTERN, "maxLength": MAX_TOOLSET_NAME_CHARS + 11})]
 # An aware datetime that exists in UTC (naive values and years that fall out of 1..9999 are 422s).
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 ToolsetName = Annotated[str, Field(min_length=1, max_length=MAX_TOOLSET_NAME_CHARS, pattern=TOOLSET_NAME_PATTERN)]
@@ -84,12 +99,11 @@ class JobIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: SingleLine | None = Field(default=None, max_length=MAX_CLIENT_ID_CHARS,
-                                  description="the client's own id, echoed back")
+    id: single_line(MAX_CLIENT_ID_CHARS) | None = Field(default=None, description="the client's own id, echoed back")
     query: str = Field(min_length=1, json_schema_extra={"pattern": "^[^\\x00]*$"},
                        description="limits.max_query_chars at most; no NUL")
     tools: list[dict[str, Any]] | None = Field(default=None, description="limits.max_tools_per_request at most")
-    toolset: str | None = Field(default=None, max_length=MAX_TOOLSET_NAME_CHARS + 11, pattern=TOOLSET_REF_PATTERN)
+    toolset: ToolsetRef | None = None
 
 
 class JobAccepted(BaseModel):
@@ -134,7 +148,7 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Literal["correct", "incorrect"]
     calls: list[CallIn] | None = Field(default=None, description="corrected calls; they win over the job's own in exports")
-    author: SingleLine | None = Field(default=None, max_length=MAX_AUTHOR_CHARS)
+    author: single_line(MAX_AUTHOR_CHARS) | None = None
 
 
 class FeedbackOut(BaseModel):
@@ -161,8 +175,8 @@ class ReplayIn(BaseModel):
     job_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, description="job ids; unknown and other tenants' ids are skipped")
     filter: ReplayFilter | None = None
-    model_version: SingleLine | None = Field(default=None, max_length=MAX_MODEL_VERSION_CHARS,
-                                             description="the model version the replay is meant to run on")
+    model_version: single_line(MAX_MODEL_VERSION_CHARS) | None = Field(
+        default=None, description="the model version the replay is meant to run on")
     limit: int | None = Field(default=None, ge=1)
 
 

@@ -86,7 +86,9 @@ def toolset_ref_problem(ref: Any) -> str | None:
     if not _TOOLSET_NAME.match(name) or len(name) > MAX_TOOLSET_NAME_CHARS:
         return (f"toolset name must be 1-{MAX_TOOLSET_NAME_CHARS} characters of letters, digits, '_', '.', '-' "
                 f"(optionally @version), got {ref[:80]!r}")
-    if sep and not (version.isascii() and version.isdigit() and 1 <= int(version) <= MAX_TOOLSET_VERSION):
+    digits = len(str(MAX_TOOLSET_VERSION))
+    if sep and not (version.isascii() and version.isdigit() and len(version) <= digits
+                    and 1 <= int(version) <= MAX_TOOLSET_VERSION):
         return f"toolset version must be an integer from 1 to {MAX_TOOLSET_VERSION}, got {version[:40]!r}"
     return None
 
