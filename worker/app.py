@@ -116,9 +116,17 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     config: HyFuncConfig = getattr(app, "hyfunc_config", None) or load_config()
     _heartbeat = Heartbeat(config.store.url, worker_name(), config.worker.queue, config.worker.heartbeat_interval,
-                           on_database=GATE.report)
+                           on_database=GATE.report, reserved=lambda: _reserved(app))
     _heartbeat.beat()  # the row exists (or the gate knows the database is down) before the first message
     _heartbeat.start()
+
+
+def _reserved(app: Celery | None) -> int:
+    """Job messages buffered by celery-batches and not yet claimed."""
+    task = app.tasks.get(RUN_TASK) if app is not None else None
+    if not isinstance(task, Batches):
+        return 0
+    return task._buffer.qsize() + task._pending.qsize()
 
 
 @signals.worker_shutdown.connect

@@ -34,13 +34,14 @@ def probe_engine(url: str, timeout: int = 3) -> Engine:
 
 class Heartbeat(threading.Thread):
     def __init__(self, url: str, name: str, queue: str, interval: float,
-                 on_database: Callable[[bool], None] | None = None):
+                 on_database: Callable[[bool], None] | None = None, reserved: Callable[[], int] | None = None):
         super().__init__(name="hyfunc-heartbeat", daemon=True)
         self.sessions = sessionmaker(probe_engine(url), expire_on_commit=False)
         self.worker_name, self.queue, self.interval = name, queue, interval
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.started_at: datetime = utcnow()
         self.on_database = on_database
+        self.reserved = reserved or (lambda: 0)
         self.database_ok: bool | None = None
         self._stop_event = threading.Event()
 
@@ -48,7 +49,7 @@ class Heartbeat(threading.Thread):
         try:
             with transaction(self.sessions) as session:
                 heartbeat(session, name=self.worker_name, host=self.host, pid=self.pid, queue=self.queue,
-                          started_at=self.started_at)
+                          started_at=self.started_at, reserved=self.reserved())
         except Exception as err:  # noqa: BLE001 - any failure means: database unreachable for us
             if self.database_ok is not False:
                 log.warning("heartbeat failed (%s): pausing job consumption until the database is back",

@@ -39,14 +39,13 @@ def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) 
     with transaction(factory) as session:
         report.dead_workers = mark_dead(session, stale_after_seconds=stale_after)
         report.released = len(release_jobs_of(session, report.dead_workers))
-        alive = len(live_workers(session, stale_after_seconds=stale_after))
+        # Messages live workers hold unclaimed (their prefetch buffers, as of their last
+        # beat) are in neither the broker's count nor lost.
+        in_flight = sum(w.reserved for w in live_workers(session, stale_after_seconds=stale_after))
     if report.dead_workers:
         log.warning("sweeper: workers %s missed their heartbeats; %d of their running jobs re-queued",
                     report.dead_workers, report.released)
     report.broker_depth = broker_depth(celery, wc.queue)
-    # Messages a worker holds (prefetched, or in its running batch) are in neither the
-    # broker's count nor lost: allow each live worker its prefetch window.
-    in_flight = alive * 2 * wc.flush_every * wc.concurrency
     with factory() as session:
         ids = jobs_to_enqueue(session, grace_seconds=wc.requeue_grace_seconds, lease_seconds=wc.lease_seconds,
                               broker_depth=report.broker_depth, in_flight=in_flight)

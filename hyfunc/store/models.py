@@ -222,6 +222,9 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default=WORKER_ALIVE)
+    # Messages the worker holds but has not claimed yet (its prefetch buffer), as of its
+    # last beat: the sweeper does not take those for lost.
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Counter(Base):

@@ -26,19 +26,21 @@ class WorkerInfo:
     started_at: datetime
     last_heartbeat: datetime
     status: str
+    reserved: int
 
 
-def heartbeat(session: Session, *, name: str, host: str, pid: int, queue: str, started_at: datetime) -> None:
+def heartbeat(session: Session, *, name: str, host: str, pid: int, queue: str, started_at: datetime,
+              reserved: int = 0) -> None:
     """Upsert this worker's row as alive with a fresh beat (also revives a row the sweeper
     marked dead after a pause: its jobs were already released, nothing else to undo)."""
     now = utcnow()
     res = session.execute(
         update(Worker).where(Worker.name == name).values(last_heartbeat=now, status=WORKER_ALIVE, host=host, pid=pid,
-                                                         queue=queue)
+                                                         queue=queue, reserved=reserved)
     )
     if res.rowcount == 0:
         session.add(Worker(name=name, host=host, pid=pid, queue=queue, started_at=started_at, last_heartbeat=now,
-                           status=WORKER_ALIVE))
+                           status=WORKER_ALIVE, reserved=reserved))
 
 
 def mark_stopped(session: Session, name: str) -> None:
@@ -65,4 +67,5 @@ def live_workers(session: Session, *, stale_after_seconds: float) -> list[Worker
         select(Worker).where(Worker.status == WORKER_ALIVE, Worker.last_heartbeat >= cutoff)
         .order_by(Worker.last_heartbeat.desc())
     )
-    return [WorkerInfo(r.name, r.host, r.pid, r.queue, r.started_at, r.last_heartbeat, r.status) for r in rows]
+    return [WorkerInfo(r.name, r.host, r.pid, r.queue, r.started_at, r.last_heartbeat, r.status, r.reserved)
+            for r in rows]

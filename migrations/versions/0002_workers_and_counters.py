@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(), nullable=False),
     sa.Column('last_heartbeat', sa.DateTime(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('reserved', sa.Integer(), nullable=False),
     sa.CheckConstraint("status IN ('alive', 'stopped', 'dead')", name=op.f('ck_workers_status')),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_workers'))
     )
