@@ -302,10 +302,15 @@ class Candidate(BaseModel):
 
 
 class StageTimings(BaseModel):
+    # Milliseconds of the job's wall time inside the cascade, per stage; they add up to total
+    # (see hyfunc.stages: lms_wait, program and sample are the decoder's, in results only).
     lml: float = 0.0
     retrieve: float = 0.0
     lms_prefill: float = 0.0
     lms_decode: float = 0.0
+    lms_wait: float = 0.0  # waiting for a decoder row (continuous batching)
+    program: float = 0.0  # admission: template-machine programs and prompts built, cache lookups, KV layout
+    sample: float = 0.0  # batched sampler, program steps, prefix-cache inserts
     total: float = 0.0
 
 
@@ -315,6 +320,8 @@ class TokenCounts(BaseModel):
     injected: int = 0
     generated: int = 0
     shared_prefix: int = 0
+    prompt_reused: int = 0  # LMS prompt tokens whose KV came from the prefix cache
+    prompt_computed: int = 0  # LMS prompt tokens run through the model (lms_prompt = reused + computed)
 
 
 class ForwardPasses(BaseModel):

@@ -77,8 +77,10 @@ class LMSDecoder:
             self.prefix_passes += 1
         return self._prefix_kv
 
-    def continuous(self, max_rows: int | None = None, source: Iterable[DecodeJob] | None = None) -> ContinuousDecoder:
-        return ContinuousDecoder(self, max_rows, source)
+    def continuous(
+        self, max_rows: int | None = None, source: Iterable[DecodeJob] | None = None, refill: bool = True
+    ) -> ContinuousDecoder:
+        return ContinuousDecoder(self, max_rows, source, refill)
 
     @torch.inference_mode()
     def decode(self, jobs: list[DecodeJob]) -> list[DecodeResult]:
@@ -95,10 +97,13 @@ class LMSDecoder:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def stream(self, jobs: Iterable[DecodeJob], max_rows: int) -> Iterator[tuple[int, DecodeResult]]:
+    def stream(
+        self, jobs: Iterable[DecodeJob], max_rows: int, refill: bool = True
+    ) -> Iterator[tuple[int, DecodeResult]]:
         """Continuous batching over an iterable: (job index, result) as each job finishes. A job
-        is pulled (its program built) only when a row is free for it."""
-        session = self.continuous(max_rows=max_rows, source=jobs)
+        is pulled (its program built) only when a row is free for it. ``refill=False`` runs static
+        batches of ``max_rows`` instead (the baseline continuous batching is measured against)."""
+        session = self.continuous(max_rows=max_rows, source=jobs, refill=refill)
         while session.has_work():
             yield from session.step()
 
@@ -106,10 +111,14 @@ class LMSDecoder:
 class ContinuousDecoder:
     """One running batch that jobs join as rows free up. Not thread-safe; one per caller."""
 
-    def __init__(self, decoder: LMSDecoder, max_rows: int | None, source: Iterable[DecodeJob] | None = None):
+    def __init__(
+        self, decoder: LMSDecoder, max_rows: int | None, source: Iterable[DecodeJob] | None = None, refill: bool = True
+    ):
         self.decoder = decoder
         self.runner = decoder.runner()
-        self.scheduler = Scheduler(decoder.budgets, decoder.cache, decoder.soft_id, decoder.call_open_id, max_rows)
+        self.scheduler = Scheduler(
+            decoder.budgets, decoder.cache, decoder.soft_id, decoder.call_open_id, max_rows, refill=refill
+        )
         self.source = iter(source) if source is not None else None
         self._pulled = 0
         self.passes = 0  # this session's forward passes
@@ -145,10 +154,8 @@ class ContinuousDecoder:
         """Admit what fits, run one pass, pick one token per row; returns the jobs that finished."""
         sched, runner, decoder = self.scheduler, self.runner, self.decoder
         t0 = time.perf_counter()
-        if self.source is not None and sched.max_rows is not None:
-            self._pull(max(0, sched.max_rows - len(sched.running) - len(sched.waiting)))
-        elif self.source is not None:
-            self._pull(1 << 30)
+        if self.source is not None:
+            self._pull(max(0, sched.free_rows() - len(sched.waiting)) if sched.max_rows is not None else 1 << 30)
         admitted, early = sched.admit()
         prefix = decoder.shared_prefix()
         runner.add_rows([kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted])

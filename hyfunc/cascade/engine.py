@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from hyfunc.cascade.decoder import DecodeJob, LMSDecoder
+from hyfunc.cascade.decoder import Budgets, DecodeJob, DecodeResult, LMSDecoder
 from hyfunc.cascade.decoding import resolve_decoding
 from hyfunc.cascade.index import FunctionIndex
 from hyfunc.cascade.intent import IntentEncoder
@@ -23,6 +24,7 @@ from hyfunc.schema import (
     ForwardPasses,
     StageTimings,
     TokenCounts,
+    Tool,
     validate_call,
 )
 
@@ -46,7 +48,14 @@ class Cascade:
             copy_distinct=self.config.copy_distinct,
         )
         self.machine = TemplateMachine(bundle.lms_tokenizer, limits, logits_size=int(bundle.lms.config.vocab_size))
-        self.decoder = LMSDecoder(bundle.lms, bundle.lms_tokenizer, self.machine, bundle.device)
+        self.decoder = LMSDecoder(
+            bundle.lms,
+            bundle.lms_tokenizer,
+            self.machine,
+            bundle.device,
+            prefix_cache_bytes=self.config.prefix_cache_bytes,
+            budgets=Budgets(max_job_tokens=self.config.max_job_tokens, max_call_tokens=self.config.max_call_tokens),
+        )
         versions = bundle.versions()
         self.index_version = f"{versions.get('intent', '')}-{versions.get('retriever', '')}"
         self.index_dir = Path(index_dir) if index_dir else None
@@ -108,45 +117,71 @@ class Cascade:
         scores = torch.tensor([hit.score for hit in hits]) / self.bundle.retriever.config.temperature
         return (weight * torch.log_softmax(scores, dim=0)).tolist()
 
+    def _jobs(self, requests, hits, selected, projected) -> Iterator[DecodeJob]:
+        """Decode jobs built one at a time, when the decoder has a row for them (the program build
+        is then counted in the job's ``program`` stage, not hidden before decoding starts)."""
+        for j, i in enumerate(selected):
+            candidates = [hit.tool for hit in hits[i]]
+            soft = projected[j] if projected is not None else None
+            # Schemas in a canonical order: jobs with the same candidates share a token prefix,
+            # whose KV the prefix cache then reuses. The program keeps the retrieval order.
+            prompt = lms_job_prompt(
+                requests[i].query,
+                canonical_order(candidates),
+                soft.shape[0] if soft is not None else 0,
+                tokenizer=self.bundle.lms_tokenizer,
+            )
+            prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+            try:
+                program = self.machine.program(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
+            except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
+                program = _failing(err)
+            yield DecodeJob(prompt_ids, soft, program)
+
+    def _decode(self, jobs: Iterator[DecodeJob], count: int) -> list[DecodeResult]:
+        """Up to batch_size rows; with more jobs, rows are refilled as jobs finish (continuous
+        batching) or, with cascade.continuous off, static batches run one after another."""
+        rows = max(1, min(self.config.batch_size, count))
+        results: list[DecodeResult | None] = [None] * count
+        for index, result in self.decoder.stream(jobs, max_rows=rows, refill=self.config.continuous):
+            results[index] = result
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
     @torch.inference_mode()
     def run(self, requests: list[CallRequest]) -> list[CallResult]:
+        """One batch of requests. Each job's ``timings_ms`` stages add up to its ``total``: the wall
+        time from the batch entering the cascade until the job's decoder row finished."""
         if not requests:
             return []
         batch_start = time.perf_counter()
 
         # 1. LML: one forward pass for the whole batch.
-        t0 = time.perf_counter()
         lml_passes_before = self.intent.forward_passes
         intent = self.intent.soft_tokens([r.query for r in requests])
         lml_passes = self.intent.forward_passes - lml_passes_before
-        lml_ms = (time.perf_counter() - t0) * 1000
-
-        # 2. Retrieval: new tools into the index, then one product against it.
         t1 = time.perf_counter()
+        lml_ms = (t1 - batch_start) * 1000
+
+        # 2. Retrieval: new tools into the index, then one product against it; the relevance gate
+        # and the projector for the jobs that pass it.
         all_tools = [tool for r in requests for tool in r.tools]
         if self.index.ensure(all_tools, self._embed_tools, self.bundle.retriever.encode_keys):
             self._save_index()
         queries = self.bundle.retriever.encode_queries(intent.soft_tokens.to(next(self.bundle.retriever.parameters()).device))
         hits = self.index.search(queries, [r.tools for r in requests], self.config.top_k)
-        retrieve_ms = (time.perf_counter() - t1) * 1000
-
-        # 3. LMS for the jobs whose best candidate clears the relevance gate.
         threshold = self.relevance_threshold
         selected = [i for i, h in enumerate(hits) if h and h[0].score >= threshold]
         projected = None
         if selected:
             projected = self.bundle.projector(intent.soft_tokens[selected].to(self.bundle.device, self.bundle.dtype))
-        jobs = []
-        for j, i in enumerate(selected):
-            candidates = [hit.tool for hit in hits[i]]
-            soft = projected[j] if projected is not None else None
-            prompt = lms_job_prompt(
-                requests[i].query, candidates, soft.shape[0] if soft is not None else 0, tokenizer=self.bundle.lms_tokenizer
-            )
-            prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
-            program = self.machine.program(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
-            jobs.append(DecodeJob(prompt_ids, soft, program))
-        decoded = dict(zip(selected, self.decoder.decode(jobs), strict=True))
+        retrieve_ms = (time.perf_counter() - t1) * 1000
+
+        # 3. LMS for the jobs that passed the gate.
+        decoded: dict[int, DecodeResult] = {}
+        if selected:
+            outs = self._decode(self._jobs(requests, hits, selected, projected), len(selected))
+            decoded = dict(zip(selected, outs, strict=True))
 
         results = []
         for i, request in enumerate(requests):
@@ -161,9 +196,14 @@ class Cascade:
             if i in decoded:
                 out = decoded[i]
                 stats = out.stats
+                timings.lms_wait = stats.wait_ms
+                timings.program = stats.program_ms
                 timings.lms_prefill = stats.prefill_ms
                 timings.lms_decode = stats.decode_ms
+                timings.sample = stats.sample_ms
                 result.tokens.lms_prompt = stats.prompt_tokens
+                result.tokens.prompt_reused = stats.prompt_reused
+                result.tokens.prompt_computed = stats.prompt_computed
                 result.tokens.injected = stats.injected
                 result.tokens.generated = stats.generated
                 result.tokens.shared_prefix = len(self.decoder.prefix_ids)
@@ -181,8 +221,20 @@ class Cascade:
                 result.no_call_reason = (
                     f"no tool is relevant enough: best score {best:.3f} < threshold {threshold:.3f}"
                 )
-            timings.total = timings.lml + timings.retrieve + timings.lms_prefill + timings.lms_decode
-            result.timings_ms = StageTimings(**{k: round(v, 3) for k, v in timings.model_dump().items()})
+            rounded = {k: round(v, 3) for k, v in timings.model_dump().items() if k != "total"}
+            rounded["total"] = round(sum(rounded.values()), 3)
+            result.timings_ms = StageTimings(**rounded)
             results.append(result)
         log.debug("batch of %d in %.1f ms", len(requests), (time.perf_counter() - batch_start) * 1000)
         return results
+
+
+def canonical_order(tools: list[Tool]) -> list[Tool]:
+    """Candidates sorted by content hash: the same set always renders as the same token run."""
+    return sorted(tools, key=lambda tool: tool.content_hash())
+
+
+def _failing(err: Exception):
+    """A program that fails at its first step with ``err`` (the decoder reports it for that job)."""
+    raise err
+    yield  # pragma: no cover - makes this a generator

@@ -98,9 +98,12 @@ class Scheduler:
         soft_id: int | None = None,
         call_open_id: int | None = None,
         max_rows: int | None = None,
+        refill: bool = True,
     ):
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        # refill=False: static batches — nothing is admitted until every running row finished.
+        self.refill = refill
         self.budgets = budgets or Budgets()
         self.cache = cache
         self.soft_id = soft_id
@@ -116,6 +119,8 @@ class Scheduler:
         self.waiting.append((key, job, False))
 
     def free_rows(self) -> int:
+        if not self.refill and self.running:
+            return 0
         if self.max_rows is None:
             return len(self.waiting)
         return max(0, self.max_rows - len(self.running))

@@ -22,9 +22,12 @@ REQUESTS = [
 
 
 def comparable(result) -> dict:
-    """Everything deterministic in a result (timings are not)."""
+    """Everything deterministic in a result (timings are not; nor is how much of the prompt the
+    prefix cache held, which depends on what ran before)."""
     data = result.model_dump(exclude={"timings_ms"})
     data["candidates"] = [(c["name"], round(c["score"], 4)) for c in data["candidates"]]
+    tokens = data["tokens"]
+    assert tokens.pop("prompt_reused") + tokens.pop("prompt_computed") == tokens["lms_prompt"]
     return data
 
 
@@ -43,9 +46,12 @@ def test_batched_equals_one_at_a_time(cascade: Cascade) -> None:
         json.dumps(res.model_dump(), allow_nan=False)
 
 
-def test_pass_counts_per_batch(cascade: Cascade) -> None:
+def test_pass_counts_per_batch(tiny_config) -> None:
     """LML: one forward pass per batch (tools already indexed). LMS: one prefill pass plus one pass
-    per further decision of the batch's longest row; the shared prefix once per process."""
+    per further decision of the batch's longest row; the shared prefix once per process. (Without
+    the prefix cache: with it, a job may wait one step for a prefix another job computes.)"""
+    tiny_config.cascade.prefix_cache_bytes = 0
+    cascade = Cascade.load(tiny_config)
     cascade.run(REQUESTS)  # indexes the tools (and computes the shared LMS prefix)
     assert cascade.decoder.prefix_passes == 1
     for batch in (REQUESTS, REQUESTS[:2], REQUESTS[3:]):
@@ -129,3 +135,97 @@ def test_model_versions(cascade: Cascade) -> None:
     versions = cascade.model_versions
     assert {"intent", "lms", "retriever", "projector", "name"} <= set(versions)
     assert all(versions.values())
+
+
+# -- continuous batching, prefix cache, budgets, timings through Cascade.run ----------------------
+
+
+def test_continuous_and_static_batches_give_the_same_results(tiny_config) -> None:
+    """More jobs than batch_size: rows refilled as jobs finish, or static batches one after
+    another, or everything in one batch — every job gets the same result."""
+    one_batch = Cascade.load(tiny_config).run(REQUESTS)
+    for continuous in (True, False):
+        tiny_config.cascade.batch_size = 2
+        tiny_config.cascade.continuous = continuous
+        cascade = Cascade.load(tiny_config)
+        before = cascade.decoder.forward_passes
+        results = cascade.run(REQUESTS)
+        for r, ref in zip(results, one_batch, strict=True):
+            assert comparable(r) == comparable(ref)
+        passes = cascade.decoder.forward_passes - before
+        assert passes > max(r.tokens.generated for r in results)  # at most 2 rows at a time
+        if continuous:
+            assert any(r.timings_ms.lms_wait > 0 for r in results)  # later jobs waited for a row
+
+
+def test_prefix_cache_reuses_candidate_schemas_across_batches(tiny_config) -> None:
+    tiny_config.cascade.prefix_cache_bytes = 0
+    reference = Cascade.load(tiny_config).run(REQUESTS)
+    tiny_config.cascade.prefix_cache_bytes = 1 << 26
+    cascade = Cascade.load(tiny_config)
+    first = cascade.run(REQUESTS)
+    again = cascade.run(REQUESTS)
+    for a, b, ref in zip(first, again, reference, strict=True):
+        assert comparable(a) == comparable(ref) == comparable(b)  # greedy results identical
+        assert b.tokens.prompt_reused > 0.5 * b.tokens.lms_prompt
+        assert b.tokens.prompt_computed < a.tokens.prompt_computed or a.tokens.prompt_reused > 0
+
+
+def test_same_candidates_in_any_order_share_the_prompt_prefix(tiny_config) -> None:
+    """Schemas go into the prompt in a canonical order, so a job whose candidates are the same set
+    (ranked differently, or listed differently) reuses all of them."""
+    from hyfunc.cascade.engine import canonical_order
+    from hyfunc.cascade.prompts import lms_job_prompt
+
+    tiny_config.cascade.top_k = 3
+    cascade = Cascade.load(tiny_config)
+    first = request("convert dollars", [CONVERT, WEATHER, PING], "a")
+    second = request("what is the weather like in Lisbon today", [PING, WEATHER, CONVERT], "b")
+    cascade.run([first])
+    (result,) = cascade.run([second])
+    tools = canonical_order([CONVERT, WEATHER, PING])
+    assert canonical_order([PING, CONVERT, WEATHER]) == tools
+    tokenizer = cascade.bundle.lms_tokenizer
+    a = tokenizer.encode(lms_job_prompt("convert dollars", tools, 1, tokenizer=tokenizer), add_special_tokens=False)
+    b = tokenizer.encode(lms_job_prompt(second.query, tools, 1, tokenizer=tokenizer), add_special_tokens=False)
+    common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    assert common > 30  # the schemas
+    assert result.tokens.prompt_reused == common
+
+
+def test_token_budget_fails_only_the_jobs_over_it(tiny_config) -> None:
+    unbounded = Cascade.load(tiny_config).run(REQUESTS)
+    cap = sorted(r.tokens.generated for r in unbounded)[len(REQUESTS) // 2]
+    tiny_config.cascade.max_job_tokens = cap
+    results = Cascade.load(tiny_config).run(REQUESTS)
+    over = 0
+    for r, ref in zip(results, unbounded, strict=True):
+        if ref.tokens.generated <= cap:
+            assert comparable(r) == comparable(ref)
+        else:
+            over += 1
+            assert r.error == f"generated-token budget cascade.max_job_tokens={cap} exceeded"
+            assert r.calls == [] and r.tokens.generated == cap
+    assert over > 0
+
+
+def test_timings_add_up(cascade: Cascade) -> None:
+    import time
+
+    from hyfunc.schema import StageTimings
+    from hyfunc.stages import CASCADE_STAGES, DECODER_STAGES
+
+    assert set(StageTimings.model_fields) == set(CASCADE_STAGES) | set(DECODER_STAGES)
+    cascade.config.batch_size = 2  # continuous: some jobs wait for a row
+    start = time.perf_counter()
+    results = cascade.run(REQUESTS)
+    wall_ms = (time.perf_counter() - start) * 1000
+    for r in results:
+        t = r.timings_ms.model_dump()
+        total = t.pop("total")
+        assert all(v >= 0 for v in t.values())
+        assert sum(t.values()) == pytest.approx(total, abs=0.01)
+        assert total <= wall_ms + 0.01
+        assert t["program"] > 0 and t["sample"] > 0 and t["lms_prefill"] > 0
+    # The last job to finish was inside the cascade for (nearly) the whole run.
+    assert max(r.timings_ms.total for r in results) >= 0.9 * wall_ms
