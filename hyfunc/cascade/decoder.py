@@ -63,7 +63,7 @@ class LMSDecoder:
         self.cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.budgets = budgets or Budgets()
         self.call_open_id = machine.encode(CALL_OPEN)[0]
-        self.prefix_ids = tokenizer.encode(lms_shared_prefix(), add_special_tokens=False)
+        self.prefix_ids = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
         self._prefix_kv: KV | None = None
         self.prefix_passes = 0  # shared-prefix prefills (once per process)
         self.forward_passes = 0  # all batched passes after the prefix
