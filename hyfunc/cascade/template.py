@@ -135,9 +135,7 @@ class TemplateMachine:
         if ids is None:
             # Only the template's own texts contain special tokens; names, keys and values taken
             # from schemas or gold answers are plain text even when they look like "<|soft|>".
-            ids = self.tokenizer.encode(
-                text, add_special_tokens=False, split_special_tokens=text not in _TEMPLATE_TEXTS
-            )
+            ids = self.vocab.encode_exact(self.tokenizer, text, split_special_tokens=text not in _TEMPLATE_TEXTS)
             self._encode_cache[text] = ids
         return ids
 

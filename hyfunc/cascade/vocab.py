@@ -1,5 +1,10 @@
 """What each token of the LMS vocabulary is, as raw bytes, for the value constraints.
 
+Two vocabulary families are read exactly: byte-level BPE (GPT-2, Qwen, SmolLM2: every byte
+is a printable stand-in character, a space is "Ġ") and SentencePiece (Llama, Gemma: a space
+is "▁" (Metaspace), and bytes without a piece of their own are byte-fallback tokens
+"<0x0A>"). Anything else falls back to the tokenizer's own decoding of each token.
+
 The template machine asks "which tokens keep this value valid?" many times per step, so the
 answers that depend only on the vocabulary are computed once here: each token's bytes, which
 tokens may continue a JSON string (and in which escape state they leave it), and which
@@ -8,6 +13,8 @@ tokens are made only of number characters.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -16,6 +23,8 @@ import torch
 
 _NUMBER_BYTES = frozenset(b"0123456789.-+eE")
 _ESCAPABLE = frozenset(b'"\\/bfnrt')
+METASPACE = "\u2581"  # "▁": SentencePiece's visible space
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @lru_cache(maxsize=1)
@@ -32,23 +41,67 @@ def _byte_level_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
+def vocabulary_kind(tokenizer: Any, pieces: list[str | None]) -> str:
+    """"byte_level", "sentencepiece" or "other", from the tokenizer's decoder when it says so,
+    else from the pieces themselves (the whole vocabulary, not a sample)."""
+    decoder_types: set[str] = set()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        try:
+            spec = json.loads(backend.to_str()).get("decoder") or {}
+        except (ValueError, AttributeError):
+            spec = {}
+        stack = [spec]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                decoder_types.add(str(node.get("type")))
+                if node.get("type") == "Replace" and METASPACE in json.dumps(node, ensure_ascii=False):
+                    decoder_types.add("Metaspace")
+                stack.extend(node.get("decoders") or [])
+    if "ByteLevel" in decoder_types:
+        return "byte_level"
+    if decoder_types & {"Metaspace", "ByteFallback"}:
+        return "sentencepiece"
+    alphabet = _byte_level_decoder()
+    present = [p for p in pieces if p]
+    if present and all(ch in alphabet for p in present for ch in p):
+        return "byte_level"
+    if any(METASPACE in p or _BYTE_FALLBACK.fullmatch(p) for p in present):
+        return "sentencepiece"
+    return "other"
+
+
+def piece_bytes(piece: str, kind: str) -> bytes | None:
+    """A token piece's raw bytes for a vocabulary kind (None when the kind cannot say)."""
+    if kind == "byte_level":
+        alphabet = _byte_level_decoder()
+        if all(ch in alphabet for ch in piece):
+            return bytes(alphabet[ch] for ch in piece)
+        return None
+    if kind == "sentencepiece":
+        byte = _BYTE_FALLBACK.fullmatch(piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return piece.replace(METASPACE, " ").encode("utf-8")
+    return None
+
+
 def token_bytes_table(tokenizer: Any) -> list[bytes | None]:
     """Raw bytes of every token id; None for special (added) tokens, which never occur in values."""
     vocab_size = len(tokenizer)
     special_ids = set(tokenizer.all_special_ids)
     special_ids.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
-    decoder = _byte_level_decoder()
     pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-    byte_level = all(p is None or all(ch in decoder for ch in p) for p in pieces[: min(vocab_size, 2000)] if p)
+    kind = vocabulary_kind(tokenizer, [p for tid, p in enumerate(pieces) if tid not in special_ids])
     table: list[bytes | None] = []
     for tid, piece in enumerate(pieces):
         if tid in special_ids or piece is None:
             table.append(None)
-        elif byte_level and all(ch in decoder for ch in piece):
-            table.append(bytes(decoder[ch] for ch in piece))
-        else:
-            # Not a byte-level BPE (e.g. sentencepiece): fall back to the decoder's text.
-            table.append(tokenizer.decode([tid]).encode("utf-8"))
+            continue
+        data = piece_bytes(piece, kind)
+        # Unknown kinds (e.g. WordPiece): the decoder's text is the best answer there is.
+        table.append(data if data is not None else tokenizer.decode([tid]).encode("utf-8"))
     return table
 
 
@@ -78,26 +131,42 @@ class VocabConstraints:
     string_exit: dict[bool, dict[int, bool]] = field(default_factory=dict)
     number_tokens: dict[int, str] = field(default_factory=dict)
     digit_ids: dict[str, int] = field(default_factory=dict)
+    # special and added tokens as their text, to compare an encoding with the text it encodes
+    special_text: dict[int, bytes] = field(default_factory=dict)
 
     @classmethod
     def build(cls, tokenizer: Any, logits_size: int | None = None) -> VocabConstraints:
         table = token_bytes_table(tokenizer)
         size = max(logits_size or 0, len(table))
-        quote = tokenizer.encode('"', add_special_tokens=False)
-        if len(quote) != 1:
-            raise ValueError('tokenizer must encode a lone double quote as one token')
-        self = cls(vocab_size=size, token_bytes=table, quote_id=quote[0])
+        specials = [tid for tid, data in enumerate(table) if data is None]
+        special_text = {
+            tid: (piece or "").encode("utf-8")
+            for tid, piece in zip(specials, tokenizer.convert_ids_to_tokens(specials), strict=True)
+        }
+        probe = cls(vocab_size=size, token_bytes=table, quote_id=-1, special_text=special_text)
+        quote = probe.encode_exact(tokenizer, '"')
+        if len(quote) != 1 or table[quote[0]] != b'"':
+            raise ValueError("tokenizer must encode a lone double quote as one token")
+        return cls.from_table(table, quote[0], size, special_text)
+
+    @classmethod
+    def from_table(
+        cls, table: list[bytes | None], quote_id: int, size: int | None = None, special_text: dict[int, bytes] | None = None
+    ) -> VocabConstraints:
+        """The facts for a vocabulary given as token bytes (None = special) and its quote token."""
+        size = max(size or 0, len(table))
+        self = cls(vocab_size=size, token_bytes=table, quote_id=quote_id, special_text=special_text or {})
         for entry_escaped in (False, True):
-            mask = torch.zeros(size, dtype=torch.bool)
+            flags = [False] * size
             exits: dict[int, bool] = {}
             for tid, data in enumerate(table):
                 if not data:
                     continue
                 ok, exit_escaped = _string_step(data, entry_escaped)
                 if ok:
-                    mask[tid] = True
+                    flags[tid] = True
                     exits[tid] = exit_escaped
-            self.string_mask[entry_escaped] = mask
+            self.string_mask[entry_escaped] = torch.tensor(flags, dtype=torch.bool)
             self.string_exit[entry_escaped] = exits
         for tid, data in enumerate(table):
             if data and all(b in _NUMBER_BYTES for b in data):
@@ -112,3 +181,28 @@ class VocabConstraints:
 
     def decode_value_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes[i] or b"" for i in ids)
+
+    def render(self, ids: list[int]) -> bytes:
+        """The exact bytes of a token sequence, special tokens written as their text."""
+        table, special = self.token_bytes, self.special_text
+        return b"".join(
+            table[i] if 0 <= i < len(table) and table[i] is not None else special.get(i, b"\x00") for i in ids
+        )
+
+    def encode_exact(self, tokenizer: Any, text: str, split_special_tokens: bool = True) -> list[int]:
+        """Token ids whose bytes are exactly ``text``.
+
+        SentencePiece tokenizers may prepend "▁" (a space) to every text they encode: a value
+        encoded alone would then start with a space in training and in inference. When the
+        plain encoding is not exact, the text is encoded after a newline and the tokens of that
+        prefix are cut off. Should nothing be exact (a normalising tokenizer), the plain
+        encoding is kept, as before."""
+        ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
+        want = text.encode("utf-8")
+        if self.render(ids) == want:
+            return ids
+        longer = tokenizer.encode("\n" + text, add_special_tokens=False, split_special_tokens=split_special_tokens)
+        for cut in range(1, min(len(longer), 4)):
+            if self.render(longer[cut:]) == want:
+                return longer[cut:]
+        return ids
