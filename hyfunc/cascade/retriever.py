@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+TOWERS = ("mlp", "residual")
+
 
 @dataclass
 class RetrieverConfig:
@@ -15,6 +17,31 @@ class RetrieverConfig:
     hidden_dim: int = 256
     output_dim: int = 128
     temperature: float = 0.05
+    # "mlp": the original towers (random projection at init). "residual": the identity at init,
+    # so an untrained retriever is the cosine of the intent model's query and tool embeddings
+    # and training only moves it from there (output_dim is then input_dim).
+    tower: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if self.tower not in TOWERS:
+            raise ValueError(f"retriever tower {self.tower!r}: expected one of {', '.join(TOWERS)}")
+        if self.tower == "residual":
+            self.output_dim = self.input_dim
+
+
+class ResidualTower(nn.Module):
+    """x + MLP(x), L2-normalised, with the MLP's last layer zero-initialised: at init the tower
+    is exactly normalize(x). A pretrained sentence encoder's cosine already ranks tools for
+    unseen queries; training adds a correction instead of learning the geometry from scratch."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim))
+        nn.init.zeros_(self.inner[2].weight)
+        nn.init.zeros_(self.inner[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x + self.inner(x), dim=-1)
 
 
 class MLPTower(nn.Module):
@@ -35,8 +62,12 @@ class Retriever(nn.Module):
     def __init__(self, config: RetrieverConfig):
         super().__init__()
         self.config = config
-        self.query_tower = MLPTower(config.input_dim, config.hidden_dim, config.output_dim)
-        self.key_tower = MLPTower(config.input_dim, config.hidden_dim, config.output_dim)
+        if config.tower == "residual":
+            self.query_tower: nn.Module = ResidualTower(config.input_dim, config.hidden_dim)
+            self.key_tower: nn.Module = ResidualTower(config.input_dim, config.hidden_dim)
+        else:
+            self.query_tower = MLPTower(config.input_dim, config.hidden_dim, config.output_dim)
+            self.key_tower = MLPTower(config.input_dim, config.hidden_dim, config.output_dim)
 
     def encode_queries(self, soft_tokens: torch.Tensor) -> torch.Tensor:
         return self.query_tower(soft_tokens)
@@ -46,6 +77,11 @@ class Retriever(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def identity_retriever(input_dim: int, hidden_dim: int = 256, temperature: float = 0.05) -> Retriever:
+    """The untrained residual retriever: scores are the cosine of the raw intent embeddings."""
+    return Retriever(RetrieverConfig(input_dim=input_dim, hidden_dim=hidden_dim, temperature=temperature, tower="residual")).eval()
 
 
 def info_nce_loss(

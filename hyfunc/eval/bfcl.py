@@ -288,3 +288,54 @@ def _line(category: str, entry: dict[str, Any]) -> str:
         text += (f"  recall@1 {ret['retriever_recall@1']:.3f} / @3 {ret['retriever_recall@3']:.3f}"
                  f"  BM25 @1 {ret['bm25_recall@1']:.3f} / @3 {ret['bm25_recall@3']:.3f}")
     return text
+
+
+def compare_retrievers(
+    encoder,
+    retrievers: dict[str, Any],
+    categories: list[str] | tuple[str, ...] = ("multiple", "parallel_multiple"),
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Retrieval only, several retrievers in one run: recall@1 / @3 of each example's gold
+    functions among its own candidates (examples with more than one tool), for each retriever
+    and for BM25, on the same intent vectors (computed once)."""
+    import torch
+
+    from hyfunc.training.data import load_bfcl_category
+
+    out: dict[str, Any] = {}
+    for category, stem in resolve_categories(categories):
+        examples, _report = load_bfcl_category(stem, progress=False, check_answers=False)
+        if limit:
+            examples = examples[:limit]
+        multi = [ex for ex in examples if len(ex.tools) > 1 and ex.answers]
+        if not multi:
+            continue
+        tools = list({t.content_hash(): t for ex in multi for t in ex.tools}.values())
+        row = {t.content_hash(): i for i, t in enumerate(tools)}
+        with torch.inference_mode():
+            queries = torch.cat([encoder.soft_tokens([ex.query for ex in multi[s : s + batch_size]]).soft_tokens
+                                 for s in range(0, len(multi), batch_size)])
+            keys = encoder.function_embeddings(tools)
+        golds = [{c.name for c in ex.answers} for ex in multi]
+        entry: dict[str, Any] = {"examples": len(multi)}
+        rankings: dict[str, list[list[str]]] = {}
+        for label, retriever in retrievers.items():
+            with torch.inference_mode():
+                q = retriever.encode_queries(queries)
+                k = retriever.encode_keys(keys)
+            ranked = []
+            for i, ex in enumerate(multi):
+                scores = k[[row[t.content_hash()] for t in ex.tools]] @ q[i]
+                ranked.append([ex.tools[j].name for j in torch.argsort(scores, descending=True, stable=True).tolist()])
+            rankings[label] = ranked
+        ranker = BM25Ranker([t for ex in examples for t in ex.tools])
+        rankings["bm25"] = [[ex.tools[i].name for i in ranker.rank(ex.query, ex.tools)] for ex in multi]
+        for label, ranked in rankings.items():
+            entry[label] = {
+                f"recall@{k}": round(sum(_recall(rk, g, k) for rk, g in zip(ranked, golds, strict=True)) / len(multi), 4)
+                for k in (1, 3)
+            }
+        out[category] = entry
+    return out

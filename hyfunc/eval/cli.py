@@ -86,6 +86,58 @@ def cmd_eval_seal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from hyfunc.cli import CliError
+    from hyfunc.config import ConfigError, load_config
+    from hyfunc.models.bundle import ModelsError
+
+    try:
+        config = load_config(args.config, {"models.dir": args.models} if args.models else None)
+        models = config.models_dir()
+        if models is None:
+            raise CliError("no models configured: pass --models DIR")
+        from hyfunc.cascade.retriever import identity_retriever
+        from hyfunc.models.bundle import load_retriever, resolve_part
+        from hyfunc.training.retriever import intent_encoder_for
+
+        encoder, _path = intent_encoder_for(str(models))
+        from hyfunc.models.bundle import Manifest
+
+        dim = int(encoder.model.config.hidden_size)
+        retrievers = {}
+        for spec in args.retriever or ["identity", f"models={resolve_part(Path(models), Manifest.read(Path(models)).retriever_path)}"]:
+            label, _, path = spec.partition("=")
+            if label == "identity" and not path:
+                retrievers[label] = identity_retriever(dim)
+            else:
+                if not path:
+                    label, path = Path(label).name, label
+                if not (Path(path) / "config.json").is_file():
+                    raise CliError(f"--retriever {spec}: {path} is not a retriever directory (no config.json)")
+                retrievers[label] = load_retriever(Path(path))
+    except (ConfigError, ModelsError) as err:
+        raise CliError(str(err)) from None
+    from hyfunc.eval.bfcl import compare_retrievers
+
+    try:
+        results = compare_retrievers(encoder, retrievers, args.categories, limit=args.limit)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from None
+    results = {"limit": args.limit, "categories": results}
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print("| category | examples | retriever | recall@1 | recall@3 |")
+    print("|---|---|---|---|---|")
+    for category, entry in results["categories"].items():
+        for label, value in entry.items():
+            if label != "examples":
+                print(f"| {category} | {entry['examples']} | {label} | {value['recall@1']} | {value['recall@3']} |")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from hyfunc.bench.suite import KINDS, BenchOptions, run_bench
 
@@ -136,6 +188,18 @@ def add_eval_commands(sub) -> None:
     seal.add_argument("--config")
     seal.add_argument("--json", action="store_true", help="print one JSON object")
     seal.set_defaults(func=cmd_eval_seal)
+
+    retrieval = ev_sub.add_parser("retrieval", help="BFCL retriever recall@1/@3 of several retrievers and BM25, in one run")
+    retrieval.add_argument("--retriever", action="append", metavar="LABEL=DIR",
+                           help="a retriever directory (repeatable); 'identity' = the untrained residual retriever "
+                                "(cosine of the intent embeddings); default: identity and the models' own")
+    retrieval.add_argument("--categories", nargs="+", default=["multiple", "parallel_multiple"])
+    retrieval.add_argument("--limit", type=int, help="first N questions per category (default: all)")
+    retrieval.add_argument("--models", help="models directory whose intent model embeds (default: the config's)")
+    retrieval.add_argument("--config")
+    retrieval.add_argument("--out", help="also write the results as JSON here")
+    retrieval.add_argument("--json", action="store_true")
+    retrieval.set_defaults(func=cmd_eval_retrieval)
 
     bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
     bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "all"])
