@@ -87,34 +87,30 @@ def cmd_eval_seal(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from hyfunc.cascade.retriever import identity_retriever
     from hyfunc.cli import CliError
     from hyfunc.config import ConfigError, load_config
-    from hyfunc.models.bundle import ModelsError
+    from hyfunc.models.bundle import Manifest, ModelsError, load_retriever, resolve_part
+    from hyfunc.training.retriever import intent_encoder_for
 
     try:
         config = load_config(args.config, {"models.dir": args.models} if args.models else None)
         models = config.models_dir()
         if models is None:
             raise CliError("no models configured: pass --models DIR")
-        from hyfunc.cascade.retriever import identity_retriever
-        from hyfunc.models.bundle import load_retriever, resolve_part
-        from hyfunc.training.retriever import intent_encoder_for
-
         encoder, _path = intent_encoder_for(str(models))
-        from hyfunc.models.bundle import Manifest
-
-        dim = int(encoder.model.config.hidden_size)
+        own = resolve_part(Path(models), Manifest.read(Path(models)).retriever_path)
         retrievers = {}
-        for spec in args.retriever or ["identity", f"models={resolve_part(Path(models), Manifest.read(Path(models)).retriever_path)}"]:
+        for spec in args.retriever or ["identity", f"models={own}"]:
             label, _, path = spec.partition("=")
             if label == "identity" and not path:
-                retrievers[label] = identity_retriever(dim)
-            else:
-                if not path:
-                    label, path = Path(label).name, label
-                if not (Path(path) / "config.json").is_file():
-                    raise CliError(f"--retriever {spec}: {path} is not a retriever directory (no config.json)")
-                retrievers[label] = load_retriever(Path(path))
+                retrievers[label] = identity_retriever(int(encoder.model.config.hidden_size))
+                continue
+            if not path:
+                label, path = Path(label).name, label
+            if not (Path(path) / "config.json").is_file():
+                raise CliError(f"--retriever {spec}: {path} is not a retriever directory (no config.json)")
+            retrievers[label] = load_retriever(Path(path))
     except (ConfigError, ModelsError) as err:
         raise CliError(str(err)) from None
     from hyfunc.eval.bfcl import compare_retrievers

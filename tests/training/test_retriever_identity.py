@@ -80,3 +80,49 @@ def test_training_moves_the_identity_where_cosine_is_wrong(tmp_path):
     assert model.config.tower == "residual"
     assert report["untrained"]["recall_at_1"] == pytest.approx(before, abs=1e-4)
     assert before < 0.6 and report["trained"]["recall_at_1"] > before + 0.2, report
+
+
+def test_compare_retrievers_in_one_run_with_bm25():
+    """An encoder that puts each BFCL query exactly on its gold tool's vector: the identity
+    retriever then ranks the gold first (recall@1 = 1 on `multiple`); a retriever that negates
+    the query side ranks it last. BM25 is scored on the same examples."""
+    pytest.importorskip("bfcl_eval")
+    from hyfunc.cascade.intent import IntentOutput
+    from hyfunc.eval.bfcl import compare_retrievers
+    from hyfunc.training.data import load_bfcl_category
+
+    examples = load_bfcl_category("multiple", progress=False, check_answers=False)[0][:12]
+    names = sorted({t.name for ex in examples for t in ex.tools})
+    gold_of = {ex.query: ex.answers[0].name for ex in examples}
+    dim = len(names)
+
+    class OracleEncoder:
+        def soft_tokens(self, queries):
+            return IntentOutput(torch.stack([F.one_hot(torch.tensor(names.index(gold_of[q])), dim).float() for q in queries]),
+                                [1] * len(queries))
+
+        def function_embeddings(self, tools):
+            return torch.stack([F.one_hot(torch.tensor(names.index(t.name)), dim).float() for t in tools])
+
+    class Negated(torch.nn.Module):
+        def encode_queries(self, x):
+            return -F.normalize(x, dim=-1)
+
+        def encode_keys(self, x):
+            return F.normalize(x, dim=-1)
+
+    out = compare_retrievers(OracleEncoder(), {"identity": identity_retriever(dim, 8), "negated": Negated()},
+                             ["multiple"], limit=12)
+    entry = out["multiple"]
+    assert entry["examples"] == 12
+    assert entry["identity"] == {"recall@1": 1.0, "recall@3": 1.0}
+    assert entry["negated"]["recall@1"] == 0.0
+    assert 0.0 <= entry["bm25"]["recall@1"] <= 1.0
+
+
+def test_cli_registers_eval_retrieval():
+    from hyfunc.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "retrieval", "--retriever", "identity", "--retriever", "seal=runs/x",
+                                      "--limit", "50", "--categories", "multiple"])
+    assert args.retriever == ["identity", "seal=runs/x"] and args.limit == 50 and args.categories == ["multiple"]
