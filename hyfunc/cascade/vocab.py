@@ -192,17 +192,48 @@ class VocabConstraints:
     def encode_exact(self, tokenizer: Any, text: str, split_special_tokens: bool = True) -> list[int]:
         """Token ids whose bytes are exactly ``text``.
 
-        SentencePiece tokenizers may prepend "▁" (a space) to every text they encode: a value
-        encoded alone would then start with a space in training and in inference. When the
-        plain encoding is not exact, the text is encoded after a newline and the tokens of that
-        prefix are cut off. Should nothing be exact (a normalising tokenizer), the plain
-        encoding is kept, as before."""
+        SentencePiece tokenizers may prepend "▁" (a space) to a text they encode, and after each
+        special token too: a value encoded alone would then start with a space in training and
+        in inference. When the plain encoding is not exact: special tokens are split off and the
+        plain pieces encoded one by one; a lone leading "▁" is dropped; failing that, the text is
+        encoded after a newline whose tokens are cut off. Should nothing be exact (a normalising
+        tokenizer), the plain encoding is kept, as before."""
         ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
         want = text.encode("utf-8")
         if self.render(ids) == want:
             return ids
+        if not split_special_tokens:
+            pieces = self._split_specials(text)
+            if len(pieces) > 1 or isinstance(pieces[0], int):
+                out: list[int] = []
+                for piece in pieces:
+                    out.extend([piece] if isinstance(piece, int) else self.encode_exact(tokenizer, piece))
+                if self.render(out) == want:
+                    return out
+        if ids and self.token_bytes[ids[0]] == b" " and self.render(ids[1:]) == want:
+            return ids[1:]
         longer = tokenizer.encode("\n" + text, add_special_tokens=False, split_special_tokens=split_special_tokens)
         for cut in range(1, min(len(longer), 4)):
             if self.render(longer[cut:]) == want:
                 return longer[cut:]
         return ids
+
+    def _split_specials(self, text: str) -> list[str | int]:
+        """``text`` cut into plain pieces and special-token ids (longest special first)."""
+        specials = sorted(
+            ((data.decode("utf-8", "replace"), tid) for tid, data in self.special_text.items() if data),
+            key=lambda item: -len(item[0]),
+        )
+        pieces: list[str | int] = []
+        rest = text
+        while rest:
+            hits = [(rest.find(s), -len(s), s, tid) for s, tid in specials if s in rest]
+            if not hits:
+                pieces.append(rest)
+                break
+            at, _, special, tid = min(hits)
+            if at:
+                pieces.append(rest[:at])
+            pieces.append(tid)
+            rest = rest[at + len(special) :]
+        return pieces or [text]
