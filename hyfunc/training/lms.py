@@ -59,9 +59,14 @@ class LMSTrainConfig:
 
 def lms_prompt_ids(tokenizer, query: str, candidates: list[Tool], num_soft: int) -> tuple[list[int], list[int]]:
     """The shared-prefix ids and the job-prompt ids, encoded exactly as the decoder and the engine
-    encode them at inference (the tokenizer's chat template when it has one)."""
+    encode them at inference: the tokenizer's chat template when it has one, and the candidate
+    schemas in the engine's canonical order."""
+    from hyfunc.cascade.engine import canonical_order
+
     prefix = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
-    prompt = tokenizer.encode(lms_job_prompt(query, candidates, num_soft, tokenizer=tokenizer), add_special_tokens=False)
+    prompt = tokenizer.encode(
+        lms_job_prompt(query, canonical_order(candidates), num_soft, tokenizer=tokenizer), add_special_tokens=False
+    )
     return prefix, prompt
 
 
