@@ -159,3 +159,57 @@ def test_replay_rejects_forbidden_tokens(machine, lms_tokenizer) -> None:
     with pytest.raises(TemplateError):
         # A lone quote cannot choose the function name among several candidates.
         machine.replay([PING, CONVERT, THERMOSTAT, EMAIL, FLIGHTS], [quote] * 3)
+
+
+def _inference_trace(machine, tools, query: str, generated: list[int]) -> tuple[list[int], list[list[int] | None]]:
+    """Drive the inference program (no gold) with the given tokens: every id it emits (injected
+    and picked, in order) and each decision's allowed set as teacher mode records it."""
+    from hyfunc.cascade.template import Generate, Inject
+
+    program = machine.program(tools, source=query)
+    ids: list[int] = []
+    allowed: list[list[int] | None] = []
+    queue = list(generated)
+    send = None
+    try:
+        while True:
+            step = program.send(send)
+            send = None
+            if isinstance(step, Inject):
+                ids.extend(step.ids)
+            elif isinstance(step, Generate):
+                assert queue, "inference asks for more decisions than teacher mode made"
+                allowed.append(machine.compiled.record(step.allowed))
+                send = queue.pop(0)
+                assert step.permits(send)
+                ids.append(send)
+    except StopIteration:
+        pass
+    assert not queue
+    return ids, allowed
+
+
+@pytest.mark.parametrize("copy_values", [False, True], ids=["free", "copy"])
+def test_token_boundaries_identical_in_training_and_inference(make_machine, copy_values) -> None:
+    """Over many generated demo jobs (varied tools, queries, values): the sequence teacher mode
+    writes for training is, token for token, the one inference emits when it picks the same
+    decisions, and each recorded allowed set is what inference offers at that decision."""
+    from hyfunc.training.demo_task import generate_demo_examples
+
+    machine = make_machine(copy_values=copy_values)
+    checked = 0
+    for ex in generate_demo_examples("heldout", 40, 3):
+        if not ex.answers:
+            continue
+        try:
+            record = machine.teacher(ex.tools, ex.answers, source=ex.query if copy_values else None)
+        except TemplateError:
+            continue
+        generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
+        ids, allowed = _inference_trace(machine, ex.tools, ex.query if copy_values else "", generated)
+        assert ids == record.ids
+        if copy_values:
+            assert allowed == record.allowed
+        assert machine.teacher(ex.tools, ex.answers).ids == record.ids  # the query never changes the ids
+        checked += 1
+    assert checked >= 20
