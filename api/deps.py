@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,14 +36,18 @@ def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Sess
         yield session
 
 
+# Security schemes, so the OpenAPI document says how to authenticate (either one works);
+# auto_error=False: a missing key is answered below as a 401 with the usual error body.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the tenant's API key")
+BEARER = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+
 def get_tenant(
     session: Annotated[Session, Depends(get_session)],
-    x_api_key: Annotated[str | None, Header(description="API key (or `Authorization: Bearer <key>`)")] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> Tenant:
-    key = x_api_key
-    if key is None and authorization and authorization.lower().startswith("bearer "):
-        key = authorization[7:].strip()
+    key = x_api_key or (bearer.credentials if bearer else None)
     if not key:
         raise ApiError(401, "missing API key: send it in the X-API-Key header")
     tenant = authenticate(session, key)

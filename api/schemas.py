@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from hyfunc.store.submissions import (
     CONTROL_FREE_PATTERN,
@@ -27,6 +28,19 @@ def _single_line(value: str) -> str:
     problem = text_problem(value)
     if problem:
         raise ValueError(problem)
+    return value
+
+
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_text(value: Any) -> Any:
+    # pydantic would read a number (or a numeric string) as a Unix timestamp; the API
+    # documents ISO 8601 date-times and takes nothing else.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time with a timezone, e.g. 2026-01-01T00:00:00Z")
     return value
 
 
@@ -56,7 +70,7 @@ def single_line(max_chars: int) -> Any:
 ToolsetRef = Annotated[str, AfterValidator(_toolset_ref),
                        Field(json_schema_extra={"pattern": TOOLSET_REF_PATTERN, "maxLength": MAX_TOOLSET_NAME_CHARS + 11})]
 # An aware datetime that exists in UTC (naive values and years that fall out of 1..9999 are 422s).
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 ToolsetName = Annotated[str, Field(min_length=1, max_length=MAX_TOOLSET_NAME_CHARS, pattern=TOOLSET_NAME_PATTERN)]
 ToolsetVersion = Annotated[int, Field(ge=1, le=MAX_TOOLSET_VERSION)]
 
