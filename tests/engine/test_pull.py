@@ -243,3 +243,49 @@ def test_hyfunc_run_offline_without_cache_names_the_command(base_models, tmp_pat
     assert main(["run", str(requests), "--models", str(directory), "--no-record", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "hyfunc models pull fake-base" in err and "Network is unreachable" in err
+
+
+def test_a_lora_adapter_on_a_base_is_merged_at_load_with_the_peft_models_logits(base_models, source) -> None:
+    """Part 4: the adapter ships in models/<name>/ (the base is pulled), the soft slot is added as
+    training added it, and the bundle serves base + adapter merged: the peft model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hyfunc.models.bundle import Manifest, ModelBundle, stamp_versions
+    from hyfunc.models.pull import resolve_base
+    from hyfunc.models.soft_slot import ensure_soft_slot
+    from hyfunc.training.lms import LMSTrainConfig, apply_lora
+
+    directory, _ = base_models
+    base_dir = resolve_base("base:fake-base")
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    ensure_soft_slot(tokenizer, model)
+    peft_model = apply_lora(model, LMSTrainConfig(lora=True, lora_rank=4)).eval()
+    targets = set(peft_model.peft_config["default"].target_modules)
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    torch.manual_seed(7)
+    with torch.no_grad():  # a trained adapter: LoRA B starts at zero, which would hide a lost adapter
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    peft_model.save_pretrained(str(directory / "lms_adapter"))
+    assert not (directory / "lms_adapter" / "model.safetensors").exists()  # the adapter alone ships
+
+    manifest = Manifest.read(directory)
+    manifest.lms_adapter = "lms_adapter"
+    manifest.write(directory)
+    stamped = stamp_versions(directory)
+    bundle = ModelBundle.load(directory)
+    assert not hasattr(bundle.lms, "peft_config")  # merged: a plain model, no LoRA layers at serving time
+    assert not any("lora_" in name for name, _ in bundle.lms.named_parameters())
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        got = bundle.lms(input_ids=ids).logits
+        plain = source[0](input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (got[..., : plain.shape[-1]] - plain).abs().max() > 1e-2  # the adapter changed the model
+    # The served LMS version covers base and adapter, not the base alone.
+    from hyfunc.models.pull import base_version
+
+    assert stamped.versions["lms"] != base_version("base:fake-base")
