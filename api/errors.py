@@ -15,11 +15,12 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hyfunc.store.errors import StoreUnavailable, is_unavailable
 from hyfunc.store.submissions import SubmissionError
 
 log = logging.getLogger("hyfunc.api")
@@ -67,9 +68,8 @@ class RequestIdMiddleware:
 
 
 def _store_down(err: Exception) -> bool:
-    return isinstance(err, (OperationalError, PoolTimeoutError)) or (
-        isinstance(err, DBAPIError) and err.connection_invalidated
-    )
+    # A pool that cannot hand out a connection is the database being away, too.
+    return is_unavailable(err) or isinstance(err, PoolTimeoutError)
 
 
 def validation_detail(errors: list[dict]) -> str:
@@ -103,8 +103,8 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "store unavailable", "request_id": rid}, status_code=503,
                             headers={REQUEST_ID_HEADER: rid, "Retry-After": "5"})
 
-    app.add_exception_handler(DBAPIError, _store_error)
-    app.add_exception_handler(PoolTimeoutError, _store_error)
+    for kind in (DBAPIError, PoolTimeoutError, StoreUnavailable):
+        app.add_exception_handler(kind, _store_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
