@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from hyfunc.store.status import JobStatus
 from hyfunc.store.submissions import (
     CONTROL_FREE_PATTERN,
     MAX_AUTHOR_CHARS,
@@ -134,8 +135,39 @@ class BatchAccepted(BaseModel):
     broker: Literal["ok", "unavailable"] = "ok"
 
 
+class JobOut(BaseModel):
+    """A job: its request, status, result and where its time went. Clients should ignore
+    keys they do not know; new ones may be added."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    client_id: str | None
+    status: JobStatus
+    query: str | None
+    toolset: str | None = Field(description="`name@version` when the job named a toolset")
+    calls: list[dict[str, Any]] | None
+    candidates: list[dict[str, Any]] | None
+    no_call_reason: str | None
+    error: str | None
+    attempts: int
+    worker: str | None
+    batch_id: str | None
+    batch_size: int | None
+    model_versions: dict[str, Any] | None
+    replay_of: str | None
+    replay_id: str | None
+    created_at: str | None
+    enqueued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    timings_ms: dict[str, float | None]
+    tokens: dict[str, int | None]
+    forward_passes: dict[str, int | None]
+
+
 class JobList(BaseModel):
-    jobs: list[dict[str, Any]]
+    jobs: list[JobOut]
     next_cursor: str | None
 
 
@@ -176,7 +208,7 @@ class FeedbackOut(BaseModel):
 
 class ReplayFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    status: JobStatus | None = None
     since: UtcDatetime | None = None
     until: UtcDatetime | None = None
     toolset: ToolsetName | None = None
@@ -198,3 +230,26 @@ class ReplayAccepted(BaseModel):
     id: str
     job_count: int
     job_ids: list[str]
+
+
+class ReplayReport(BaseModel):
+    """What a replay changed: counts, the changed calls (before/after) and accuracy against
+    feedback on the originals. Clients should ignore keys they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created_at: str
+    selector: dict[str, Any]
+    model_version: str | None
+    model_versions: list[dict[str, Any]]
+    model_version_matched: bool | None
+    total: int
+    finished: int
+    succeeded: int
+    failed: int
+    pending: int
+    changed: int
+    unchanged: int
+    changes: list[dict[str, Any]]
+    accuracy: dict[str, float | int | None]

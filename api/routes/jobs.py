@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from api.schemas import (
     JobAccepted,
     JobIn,
     JobList,
+    JobOut,
     ToolsetName,
     UtcDatetime,
     error_responses,
@@ -26,10 +27,9 @@ from api.service import parse_batch_body, submit, validate_batch, validate_item
 from hyfunc.schema import Call, Tool, validate_call
 from hyfunc.store.jobs import get_job, job_to_dict, job_tools, list_jobs
 from hyfunc.store.models import Feedback
+from hyfunc.store.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 500, 503))
-
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=202, response_model=JobAccepted, responses=error_responses(400, 413))
@@ -82,7 +82,7 @@ async def create_batch(request: Request, state: StateDep, session: SessionDep, t
     return BatchAccepted(ids=ids, count=len(ids), broker=broker)
 
 
-@router.get("/{job_id}", responses=error_responses(404))
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 def read_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict:
     job = get_job(session, tenant.id, job_id)
     if job is None:
@@ -95,7 +95,7 @@ def page_jobs(
     state: StateDep,
     session: SessionDep,
     tenant: TenantDep,
-    status: Status | None = None,
+    status: JobStatus | None = None,
     since: Annotated[UtcDatetime | None, Query(description="ISO 8601 with a timezone")] = None,
     toolset: Annotated[ToolsetName | None, Query(description="a toolset name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,

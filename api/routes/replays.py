@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
-from api.schemas import ReplayAccepted, ReplayIn, error_responses
+from api.schemas import ReplayAccepted, ReplayIn, ReplayReport, error_responses
 from hyfunc.store.jobs import mark_unsent
 from hyfunc.store.replay import create_replay, get_replay, replay_report, select_jobs
 from hyfunc.store.submissions import batch_problem
@@ -52,7 +52,7 @@ def start_replay(body: ReplayIn, state: StateDep, session: SessionDep, tenant: T
     return ReplayAccepted(id=replay_id, job_count=len(ids), job_ids=ids)
 
 
-@router.get("/{replay_id}", responses=error_responses(404))
+@router.get("/{replay_id}", response_model=ReplayReport, responses=error_responses(404))
 def read_replay(replay_id: str, session: SessionDep, tenant: TenantDep) -> dict:
     replay = get_replay(session, tenant.id, replay_id)
     if replay is None:
