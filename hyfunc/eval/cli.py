@@ -21,7 +21,9 @@ def cmd_eval_demo(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     from hyfunc.eval.demo import evaluate_demo
 
-    metrics = evaluate_demo(cascade, n=args.n, seed=args.seed, progress=not args.json)
+    if args.n < 1 or args.batch_size < 1:
+        raise CliError("--limit/-n and --batch-size must be at least 1")
+    metrics = evaluate_demo(cascade, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "mismatches"}))
     else:
@@ -157,7 +159,8 @@ def add_eval_commands(sub) -> None:
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--models", help="models directory (default: the config's models.dir)")
     demo.add_argument("--config")
-    demo.add_argument("-n", type=int, default=400, help="held-out examples")
+    demo.add_argument("-n", "--limit", dest="n", type=int, default=400, help="held-out examples (default 400)")
+    demo.add_argument("--batch-size", type=int, default=16, help="requests per cascade batch (default 16)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--show", type=int, default=5, help="mismatches to print")
     demo.set_defaults(func=cmd_eval_demo)
