@@ -108,11 +108,28 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
 class JobIn(BaseModel):
     """One intent-to-call request: inline `tools`, or the name of a registered `toolset`
     (`name` for the latest version, `name@3` for a fixed one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"id": "req-1", "query": "What is the weather in Lyon in celsius?", "tools": [_WEATHER_TOOL]},
+        {"query": "What is the weather in Oslo?", "toolset": "weather@1"},
+    ]})
 
     id: single_line(MAX_CLIENT_ID_CHARS) | None = Field(default=None, description="the client's own id, echoed back")
     query: str = Field(min_length=1, json_schema_extra={"pattern": "^[^\\x00]*$"},
@@ -172,7 +189,8 @@ class JobList(BaseModel):
 
 
 class ToolsetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "weather", "tools": [_WEATHER_TOOL]}]})
     name: ToolsetName
     tools: list[dict[str, Any]]
 
@@ -191,7 +209,9 @@ class CallIn(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"verdict": "correct", "author": "ann"},
+        {"verdict": "incorrect", "calls": [{"name": "get_weather", "arguments": {"city": "Lyon"}}]}]})
     verdict: Literal["correct", "incorrect"]
     calls: list[CallIn] | None = Field(default=None, description="corrected calls; they win over the job's own in exports")
     author: single_line(MAX_AUTHOR_CHARS) | None = None
@@ -217,7 +237,8 @@ class ReplayFilter(BaseModel):
 class ReplayIn(BaseModel):
     """Replay jobs given by id, or every job matching a filter (oldest first, up to `limit`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"status": "succeeded", "since": "2026-11-01T00:00:00Z"}, "model_version": "lms-v2", "limit": 100}]})
     job_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, description="job ids; unknown and other tenants' ids are skipped")
     filter: ReplayFilter | None = None

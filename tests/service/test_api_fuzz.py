@@ -71,8 +71,10 @@ def fuzz_env(pg_url: str, redis_url: str, queue_name: str,
     app = create_app(config)
     headers = {"X-API-Key": key}
     with TestClient(app) as client:
-        # Something for the generated names to find now and then.
-        assert client.post("/v1/toolsets", json={"name": "a", "tools": [WEATHER]}, headers=headers).status_code == 201
+        # Something for generated names to find now and then, and the toolset the examples name.
+        for name in ("a", "weather"):
+            r = client.post("/v1/toolsets", json={"name": name, "tools": [WEATHER]}, headers=headers)
+            assert r.status_code == 201, r.text
     yield {"app": app, "headers": headers}
 
 
@@ -81,27 +83,29 @@ def api_schema(fuzz_env: dict[str, Any]) -> Any:
     return schemathesis.openapi.from_asgi("/openapi.json", fuzz_env["app"], config=CONFIG)
 
 
-def fuzz_operation(operation: Any, mode: GenerationMode, headers: dict[str, str] | None) -> list[str]:
-    """Run one operation's generated cases; return the failures (one line each, no shrinking)."""
+def run_cases(operation: Any, strategy: Any, label: str, headers: dict[str, str] | None, max_examples: int,
+              statuses: list[int]) -> list[str]:
+    """Call and check every case a strategy draws; return the failures (one each, no shrinking)."""
     failures: list[str] = []
     # /healthz answers a documented 503 while no worker is alive (as here): its answer, not a crash.
     checks = [c for c in CHECKS if not (operation.path == "/healthz" and c is not_a_server_error)]
 
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+    @given(case=strategy)
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
               derandomize=True, database=None)
     def run(case: schemathesis.Case) -> None:
         try:
             response = case.call(headers=headers)
+            statuses.append(response.status_code)
             case.validate_response(response, checks=checks, headers=headers)
         except (Exception, FailureGroup) as err:  # noqa: BLE001 - collected, reported together below
-            failures.append(f"{operation.label} [{mode.value}]: {type(err).__name__}: {err}"[:3000])
+            failures.append(f"{operation.label} [{label}]: {type(err).__name__}: {err}"[:3000])
 
     try:
         run()
     except Unsatisfiable:
         # Nothing in the operation can be made invalid (e.g. no parameters and no body).
-        assert mode is GenerationMode.NEGATIVE, operation.label
+        assert label == GenerationMode.NEGATIVE.value, operation.label
     return failures
 
 
@@ -112,5 +116,21 @@ def test_api_conforms_to_its_openapi(api_schema: Any, fuzz_env: dict[str, Any], 
     failures: list[str] = []
     for operation in operations:
         headers = fuzz_env["headers"] if operation.path.startswith("/v1") else None
-        failures += fuzz_operation(operation, mode, headers)
+        strategy = operation.as_strategy(generation_mode=mode)
+        failures += run_cases(operation, strategy, mode.value, headers, MAX_EXAMPLES, [])
     assert not failures, f"{len(failures)} failures:\n\n" + "\n\n".join(failures[:30])
+
+
+def test_documented_examples_are_accepted(api_schema: Any, fuzz_env: dict[str, Any]) -> None:
+    """The request examples in the document work as shown (and conform like everything else)."""
+    failures: list[str] = []
+    accepted: dict[str, list[int]] = {}
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        headers = fuzz_env["headers"] if operation.path.startswith("/v1") else None
+        for strategy in api_schema.get_strategies_from_examples(operation):
+            statuses = accepted.setdefault(operation.label, [])
+            failures += run_cases(operation, strategy, "examples", headers, 3, statuses)
+    assert not failures, "\n\n".join(failures[:30])
+    for label in ("POST /v1/jobs", "POST /v1/jobs/batch", "POST /v1/toolsets"):
+        assert accepted.get(label) and all(200 <= s < 300 for s in accepted[label]), (label, accepted.get(label))
