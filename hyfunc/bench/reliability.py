@@ -1,0 +1,726 @@
+"""The reliability suite: 10,000 jobs over HTTP through worker kills, a broker outage and a
+database outage, then SQL proves every job reached exactly one terminal state.
+
+The stack is real and private to the run: a PostgreSQL server of its own (initdb into a
+temporary directory, its own port), a Redis server of its own (no persistence, its own
+port), `hyfunc api` and `hyfunc worker --beat` as subprocesses serving the demo models.
+The worker reaches PostgreSQL through a TCP proxy the harness can cut, so "the database
+is unreachable to the worker" while the API still stores jobs.
+
+While jobs are submitted (single POSTs and batches of 50, paced), the harness
+- SIGKILLs the worker (its main process only: the embedded beat must die with it) three
+  times, restarting it at once;
+- stops Redis for 20 s (everything in it is lost: no persistence) and starts it again;
+- cuts the worker's PostgreSQL connections for 20 s.
+A monitor polls /healthz every second; every API answer is recorded per phase. At the end
+a test-only audit trigger (every UPDATE of a job row) proves exactly-once in SQL.
+
+Run: `python scripts/reliability.py` (or `hyfunc bench reliability`); it takes several
+minutes. Writes docs/reliability/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+FINAL = ("succeeded", "failed", "cancelled")
+AUDIT_SQL = """
+CREATE TABLE job_audit (job_id uuid, old_status text, new_status text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION audit_jobs() RETURNS trigger AS $$
+BEGIN INSERT INTO job_audit (job_id, old_status, new_status) VALUES (NEW.id, OLD.status, NEW.status); RETURN NEW; END
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION audit_jobs();
+"""
+
+
+@dataclass
+class Options:
+    jobs: int = 10_000
+    singles: int = 1_000  # submitted one per POST /v1/jobs; the rest in batches
+    batch: int = 50
+    rate: float = 45.0  # jobs/s offered
+    models: Path = ROOT / "models" / "demo"
+    out: Path = ROOT / "docs" / "reliability"
+    redis_port: int = 6390
+    pg_port: int = 5499
+    outage_s: float = 20.0
+    # Fault times, seconds after the first submission.
+    kills_at: tuple[float, ...] = (30.0, 110.0, 190.0)
+    redis_at: float = 60.0
+    pg_at: float = 140.0
+    timeout_s: float = 1800.0
+    runner: str = "demo"  # demo: the shipped demo models; fast: FastRunner (no model)
+
+
+def _log(msg: str) -> None:
+    print(f"[reliability {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        found = [shutil.which(name) or ""]
+    if not found[-1]:
+        raise RuntimeError(f"PostgreSQL's {name} not found (looked in /usr/lib/postgresql/*/bin and PATH)")
+    return found[-1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # initdb refuses to run as root.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the run's own: never the shared one."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="hyfunc-rel-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.data = self.dir / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/hyfunc"
+
+    def start(self) -> None:
+        if not self.data.exists():
+            subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                                         "-E", "UTF8"]), check=True, capture_output=True)
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
+                                     "-o", opts, "-w", "start"]), check=True, capture_output=True)
+
+    def create_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE hyfunc")
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivateRedis:
+    def __init__(self, port: int, log: Path):
+        self.port, self.log = port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # no persistence either way: everything in it is gone
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def depth(self, queue: str) -> int | None:
+        import redis
+
+        try:
+            return int(redis.Redis.from_url(self.url, socket_timeout=1).llen(queue))
+        except Exception:  # noqa: BLE001 - down
+            return None
+
+
+class Service:
+    """`hyfunc api` or `hyfunc worker` as a subprocess in its own session."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]):
+        self.log = log
+        out = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, "-m", "hyfunc.cli", *args], cwd=ROOT,
+                                     env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        # `nice` execs python, so the pid is the Python process itself.
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@dataclass
+class Fault:
+    kind: str
+    start: float  # seconds since the first submission
+    end: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Run:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.work = Path(tempfile.mkdtemp(prefix="hyfunc-rel-"))
+        self.t0 = 0.0
+        self.faults: list[Fault] = []
+        self.answers: list[tuple[float, str, int, str]] = []  # (t, kind, http status, broker/detail)
+        self.health: list[tuple[float, int, dict[str, Any]]] = []
+        self.depths: list[tuple[float, int | None]] = []
+        self.accepted: dict[str, str] = {}  # client id -> job id
+        self.lock = threading.Lock()
+        self.stop_monitor = threading.Event()
+        self.submitted_all = threading.Event()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from hyfunc.bench.tcp_proxy import TcpProxy
+        from hyfunc.store import migrate
+        from hyfunc.store.db import dispose_engines, session_factory, transaction
+        from hyfunc.store.keys import create_key
+
+        o = self.opts
+        self.pg = PrivatePostgres(o.pg_port)
+        self.pg.start()
+        self.pg.create_database()
+        migrate.upgrade(self.pg.url)
+        import psycopg
+
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            conn.execute(AUDIT_SQL)
+        with transaction(session_factory(self.pg.url)) as session:
+            self.key, _ = create_key(session, "reliability")
+        dispose_engines()
+        self.redis = PrivateRedis(o.redis_port, self.work / "redis.log")
+        self.redis.start()
+        self.proxy = TcpProxy(("127.0.0.1", o.pg_port))
+        self.proxy.start()
+        self.queue = "hyfunc-rel"
+        self.port = _free_port()
+        base = {
+            "models": {"dir": str(o.models)},
+            "worker": {"broker_url": self.redis.url, "queue": self.queue, "flush_every": 16, "flush_interval": 0.2,
+                       "lease_seconds": 300, "sweep_interval": 2.0, "heartbeat_interval": 1.0,
+                       "heartbeat_misses": 3, "requeue_grace_seconds": 10.0, "batch_deadline_seconds": 60.0,
+                       "db_retry_seconds": 120.0},
+            "limits": {"max_batch_size": 1000},
+            "api": {"host": "127.0.0.1", "port": self.port},
+        }
+        import yaml
+
+        self.api_config = self.work / "api.yaml"
+        self.api_config.write_text(yaml.safe_dump({**base, "store": {"url": self.pg.url, "record_runs": False}}))
+        via_proxy = f"postgresql://postgres@127.0.0.1:{self.proxy.port}/hyfunc"
+        self.worker_config = self.work / "worker.yaml"
+        self.worker_config.write_text(yaml.safe_dump({**base, "store": {"url": via_proxy, "record_runs": False}}))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HYFUNC_")}
+        self.env["PYTHONPATH"] = str(ROOT)
+        if o.runner == "fast":
+            self.env["HYFUNC_WORKER_RUNNER"] = "hyfunc.bench.reliability:fast_runner"
+        self.api = Service(["api", "--config", str(self.api_config), "--loglevel", "warning"], self.work / "api.log",
+                           self.env)
+        self.workers: list[Service] = []
+        self.start_worker()
+
+    def start_worker(self) -> Service:
+        w = Service(["worker", "--config", str(self.worker_config), "--beat", "--loglevel", "info"],
+                    self.work / f"worker-{len(self.workers)}.log", self.env)
+        self.workers.append(w)
+        return w
+
+    def worker_name(self, w: Service) -> str:
+        return f"{socket.gethostname()}:{w.pid}"
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.pg.url) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def wait_healthy(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"the stack did not become healthy in {timeout:.0f}s; logs in {self.work}")
+
+    # -- load and monitor --------------------------------------------------------------------
+
+    def workload(self) -> list[dict[str, Any]]:
+        from hyfunc.bench.workload import demo_inputs
+
+        inputs = demo_inputs(400, seed=7)
+        return [{"id": f"rel-{n}", "query": inputs[n % len(inputs)].query,
+                 "tools": [t.to_json() for t in inputs[n % len(inputs)].tools]} for n in range(self.opts.jobs)]
+
+    def post(self, client: Any, kind: str, items: list[dict[str, Any]]) -> None:
+        import httpx
+
+        while True:
+            try:
+                if kind == "single":
+                    r = client.post("/v1/jobs", json=items[0])
+                else:
+                    r = client.post("/v1/jobs/batch", json=items)
+            except httpx.HTTPError as err:
+                self.answers.append((self.now(), kind, 0, type(err).__name__))
+                time.sleep(0.5)
+                continue
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            note = body.get("broker", "") if r.status_code == 202 else str(body.get("detail", r.text[:80]))
+            self.answers.append((self.now(), kind, r.status_code, note))
+            if r.status_code == 202:
+                ids = [body["id"]] if kind == "single" else body["ids"]
+                with self.lock:
+                    for item, job_id in zip(items, ids, strict=True):
+                        self.accepted[item["id"]] = job_id
+                return
+            if r.status_code < 500:
+                raise RuntimeError(f"the API refused a {kind} submission: {r.status_code} {r.text[:200]}")
+            time.sleep(0.5)  # a 5xx (e.g. 503 store unavailable): the client retries
+
+    def submit(self) -> None:
+        import httpx
+
+        o = self.opts
+        items = self.workload()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers={"X-API-Key": self.key}, timeout=60)
+        plan: list[tuple[str, list[dict[str, Any]]]] = []
+        singles, rest = items[: o.singles], items[o.singles:]
+        batches = [rest[i: i + o.batch] for i in range(0, len(rest), o.batch)]
+        per_batch = max(1, len(singles) // max(1, len(batches)))
+        si = 0
+        for b in batches:
+            plan.append(("batch", b))
+            for _ in range(per_batch):
+                if si < len(singles):
+                    plan.append(("single", [singles[si]]))
+                    si += 1
+        plan += [("single", [s]) for s in singles[si:]]
+        sent = 0
+        for kind, chunk in plan:
+            due = sent / o.rate
+            if due > self.now():
+                time.sleep(due - self.now())
+            self.post(client, kind, chunk)
+            sent += len(chunk)
+        self.submitted_all.set()
+        _log(f"all {sent} jobs accepted at t={self.now():.0f}s")
+
+    def monitor(self) -> None:
+        import httpx
+
+        while not self.stop_monitor.is_set():
+            t = self.now()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5)
+                body = r.json()
+                self.health.append((t, r.status_code, {"status": body.get("status"), "database": body.get("database"),
+                                                       "broker": body.get("broker"),
+                                                       "workers_alive": (body.get("workers") or {}).get("alive")}))
+            except Exception as err:  # noqa: BLE001 - recorded as what a client saw
+                self.health.append((t, 0, {"error": type(err).__name__}))
+            self.depths.append((t, self.redis.depth(self.queue)))
+            self.stop_monitor.wait(1.0)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def wait_until(self, t: float) -> None:
+        while self.now() < t:
+            time.sleep(0.1)
+
+    def running_of(self, name: str) -> list[str]:
+        return [str(r[0]) for r in self.sql("SELECT id FROM jobs WHERE status = 'running' AND worker = %s", (name,))]
+
+    def kill_worker(self) -> None:
+        w = self.workers[-1]
+        name = self.worker_name(w)
+        beat = w.children()
+        held = self.running_of(name)
+        fault = Fault("worker SIGKILL", self.now(), details={"worker": name, "running_jobs": len(held)})
+        os.kill(w.pid, signal.SIGKILL)
+        w.proc.wait(timeout=10)
+        fault.end = self.now()
+        time.sleep(3)
+        fault.details["beat_children"] = beat
+        fault.details["beat_survived"] = [p for p in beat if _alive(p)]
+        for p in fault.details["beat_survived"]:
+            os.kill(p, signal.SIGKILL)
+        fault.details["held_ids"] = held
+        self.faults.append(fault)
+        _log(f"killed {name} holding {len(held)} running jobs; beat survived: {fault.details['beat_survived']}")
+        self.start_worker()
+
+    def redis_outage(self) -> None:
+        fault = Fault("Redis stopped (no persistence)", self.now(),
+                      details={"broker_depth_before": self.redis.depth(self.queue)})
+        self.redis.stop()
+        time.sleep(self.opts.outage_s)
+        self.redis.start()
+        fault.end = self.now()
+        fault.details["queued_ids_at_return"] = [str(r[0]) for r in self.sql("SELECT id FROM jobs WHERE status='queued'")]
+        self.faults.append(fault)
+        _log(f"Redis back after {fault.end - fault.start:.0f}s; {len(fault.details['queued_ids_at_return'])} queued")
+
+    def pg_outage(self) -> None:
+        fault = Fault("PostgreSQL unreachable to the worker", self.now(),
+                      details={"broker_depth_before": self.redis.depth(self.queue)})
+        self.proxy.stop()
+        time.sleep(self.opts.outage_s)
+        fault.details["broker_depth_at_end"] = self.redis.depth(self.queue)
+        self.proxy.start()
+        fault.end = self.now()
+        fault.details["queued_ids_at_return"] = [str(r[0]) for r in self.sql("SELECT id FROM jobs WHERE status='queued'")]
+        self.faults.append(fault)
+        _log(f"PostgreSQL reachable again after {fault.end - fault.start:.0f}s")
+
+    def inject(self) -> None:
+        o = self.opts
+        schedule = sorted([(t, self.kill_worker) for t in o.kills_at] + [(o.redis_at, self.redis_outage),
+                                                                          (o.pg_at, self.pg_outage)],
+                          key=lambda x: x[0])
+        for at, action in schedule:
+            self.wait_until(at)
+            action()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        o = self.opts
+        _log(f"work dir {self.work}")
+        self.setup()
+        self.wait_healthy()
+        _log("stack healthy; submitting")
+        self.t0 = time.monotonic()
+        threads = [threading.Thread(target=self.monitor, daemon=True),
+                   threading.Thread(target=self.submit, daemon=True),
+                   threading.Thread(target=self.inject, daemon=True)]
+        for t in threads:
+            t.start()
+        threads[2].join()
+        threads[1].join()
+        deadline = time.monotonic() + o.timeout_s
+        while time.monotonic() < deadline:
+            left = self.sql("SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded','failed','cancelled')")[0][0]
+            if left == 0:
+                break
+            time.sleep(2)
+        drained = self.now()
+        self.stop_monitor.set()
+        threads[0].join(timeout=10)
+        _log(f"drained at t={drained:.0f}s")
+        return self.report(drained)
+
+    def close(self) -> None:
+        for w in getattr(self, "workers", []):
+            w.stop()
+        if hasattr(self, "api"):
+            self.api.stop()
+        if hasattr(self, "proxy"):
+            self.proxy.stop()
+        if hasattr(self, "redis"):
+            self.redis.stop()
+        if hasattr(self, "pg"):
+            self.pg.remove()
+
+    # -- the report ----------------------------------------------------------------------------
+
+    def _window(self, start: float, end: float) -> dict[str, Any]:
+        answers = Counter(f"{kind} {code}{' ' + note if note else ''}" for t, kind, code, note in self.answers
+                          if start <= t <= end)
+        health = Counter(f"{code} {json.dumps(body, sort_keys=True)}" for t, code, body in self.health
+                         if start <= t <= end)
+        return {"api_answers": dict(answers), "healthz": dict(health)}
+
+    def _started_after(self, ids: list[str], t_abs: float) -> dict[str, Any]:
+        """When the given jobs (re)started after t_abs (run seconds), from their started_at."""
+        if not ids:
+            return {"jobs": 0}
+        rows = self.sql("SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(started_at)), "
+                        "count(*) FILTER (WHERE status IN ('succeeded','failed','cancelled')) "
+                        "FROM jobs WHERE id = ANY(%s::uuid[])", (ids,))
+        first, last, final = rows[0]
+        to_run = lambda ts: None if ts is None else round(float(ts) - self.epoch0 - t_abs, 1)  # noqa: E731
+        return {"jobs": len(ids), "first_started_s": to_run(first), "all_started_s": to_run(last), "final": final}
+
+    def report(self, drained: float) -> dict[str, Any]:
+        o = self.opts
+        # Wall clock of t0, to turn database timestamps into run seconds.
+        self.epoch0 = time.time() - self.now()
+        q = self.sql
+        totals = q("SELECT count(*), count(DISTINCT client_id) FROM jobs")[0]
+        by_status = dict(q("SELECT status, count(*) FROM jobs GROUP BY status"))
+        twice = q("SELECT count(*) FROM (SELECT job_id FROM job_audit WHERE new_status IN ('succeeded','failed',"
+                  "'cancelled') AND old_status NOT IN ('succeeded','failed','cancelled') GROUP BY job_id "
+                  "HAVING count(*) > 1) t")[0][0]
+        once = q("SELECT count(DISTINCT job_id) FROM job_audit WHERE new_status IN ('succeeded','failed','cancelled') "
+                 "AND old_status NOT IN ('succeeded','failed','cancelled')")[0][0]
+        rewritten = q("SELECT count(*) FROM job_audit WHERE old_status IN ('succeeded','failed','cancelled')")[0][0]
+        accepted_ids = list(self.accepted.values())
+        found = q("SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN ('succeeded','failed',"
+                  "'cancelled')", (accepted_ids,))[0][0]
+        timing = q("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY queue_wait_ms), "
+                   "percentile_cont(0.95) WITHIN GROUP (ORDER BY queue_wait_ms), "
+                   "percentile_cont(0.5) WITHIN GROUP (ORDER BY total_ms), "
+                   "percentile_cont(0.95) WITHIN GROUP (ORDER BY total_ms), "
+                   "extract(epoch FROM max(finished_at) - min(created_at)) FROM jobs WHERE status = 'succeeded'")[0]
+        attempts = dict(q("SELECT attempts, count(*) FROM jobs GROUP BY attempts ORDER BY attempts"))
+        errors = dict(q("SELECT left(error, 80), count(*) FROM jobs WHERE status = 'failed' GROUP BY 1 "
+                        "ORDER BY 2 DESC LIMIT 10"))
+        span = float(timing[4] or 0)
+        faults = []
+        for f in self.faults:
+            d = dict(f.details)
+            entry: dict[str, Any] = {"kind": f.kind, "start_s": round(f.start, 1),
+                                     "end_s": round(f.end, 1) if f.end else None}
+            if "held_ids" in d:
+                held = d.pop("held_ids")
+                entry["affected"] = self._started_after(held, f.start)
+                entry["affected"]["what"] = "jobs the killed worker was running: when they started again (s after the kill)"
+            if "queued_ids_at_return" in d:
+                waiting = d.pop("queued_ids_at_return")
+                entry["affected"] = self._started_after(waiting, f.end or f.start)
+                entry["affected"]["what"] = "jobs queued when it came back: when they started (s after the return)"
+            after = q("SELECT extract(epoch FROM min(started_at)), extract(epoch FROM min(finished_at)) FROM jobs "
+                      "WHERE started_at > to_timestamp(%s)", (self.epoch0 + (f.end or f.start),))[0]
+            entry["first_job_started_after_s"] = None if after[0] is None else round(
+                float(after[0]) - self.epoch0 - (f.end or f.start), 1)
+            entry.update(d)
+            entry["during"] = self._window(f.start, (f.end or f.start) + 1)
+            faults.append(entry)
+        worker_logs = "".join(w.log.read_text(errors="replace") for w in self.workers)
+        report = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "python scripts/reliability.py" + (" --runner fast" if o.runner == "fast" else ""),
+            "runner": o.runner,
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()},
+            "jobs": {"accepted_by_api": len(self.accepted), "rows": totals[0], "distinct_client_ids": totals[1],
+                     "by_status": by_status, "accepted_and_final": found,
+                     "final_transitions_exactly_once": once, "final_twice": twice,
+                     "rewritten_after_final": rewritten, "attempts": {str(k): v for k, v in attempts.items()},
+                     "failed_errors": errors},
+            "proof": {
+                "none_lost": found == len(self.accepted) == o.jobs,
+                "none_twice": twice == 0 and rewritten == 0,
+                "every_job_one_terminal_state": once == totals[0] and sum(by_status.get(s, 0) for s in FINAL) == totals[0],
+                "no_duplicate_rows": totals[0] == totals[1],
+            },
+            "throughput": {"jobs_per_s": round(totals[0] / span, 2) if span else None, "span_s": round(span, 1),
+                           "drained_at_s": round(drained, 1),
+                           "queue_wait_ms_p50": _r(timing[0]), "queue_wait_ms_p95": _r(timing[1]),
+                           "total_ms_p50": _r(timing[2]), "total_ms_p95": _r(timing[3])},
+            "faults": faults,
+            "worker_log": {
+                "paused_for_database": worker_logs.count("no longer consuming"),
+                "resumed": worker_logs.count("consuming") - worker_logs.count("no longer consuming"),
+                "messages_returned_unclaimed": _sum_after(worker_logs, "database unreachable: ", " messages returned"),
+                "sweeper_sent": _sum_after(worker_logs, "sweeper: sent ", " queued jobs"),
+                "dead_worker_requeued": _sum_after(worker_logs, "; ", " of their running jobs re-queued"),
+                "batches_past_deadline": worker_logs.count("past the deadline"),
+            },
+            "api_answers_overall": dict(Counter(f"{kind} {code}" for _, kind, code, _ in self.answers)),
+        }
+        return report
+
+
+class FastRunner:
+    """A model-free runner for when the demo models are too slow on the machine at hand:
+    each request gets a no-call result after a short sleep (fixed cost per batch plus per
+    job), so the run exercises the service — claims, acks, sweeps, recovery — not the
+    cascade. The report says which runner ran."""
+
+    model_versions = {"runner": "reliability-fast"}
+
+    def __init__(self, batch_ms: float = 20.0, job_ms: float = 2.0):
+        self.batch_ms, self.job_ms = batch_ms, job_ms
+
+    def run(self, requests: list[Any]) -> list[Any]:
+        from hyfunc.schema import CallResult
+
+        t0 = time.perf_counter()
+        time.sleep((self.batch_ms + self.job_ms * len(requests)) / 1000)
+        total = (time.perf_counter() - t0) * 1000
+        out = []
+        for r in requests:
+            result = CallResult(id=r.id, no_call_reason="reliability fast runner (no model)")
+            result.timings_ms.total = total
+            out.append(result)
+        return out
+
+
+def fast_runner(_config: Any) -> FastRunner:
+    return FastRunner()
+
+
+def _r(x: Any) -> float | None:
+    return None if x is None else round(float(x), 1)
+
+
+def _sum_after(text: str, before: str, after: str) -> int:
+    total = 0
+    for line in text.splitlines():
+        if before in line and after in line:
+            head = line.split(after, 1)[0]
+            number = head.rsplit(before, 1)[-1].strip()
+            if number.isdigit():
+                total += int(number)
+    return total
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    j, t, p = report["jobs"], report["throughput"], report["proof"]
+    lines = [
+        "# Reliability run",
+        "",
+        f"{report['when']} — `{report['command']}` (JSON: `latest.json`). Real stack: `hyfunc api` + "
+        f"`hyfunc worker --beat` ({'demo models' if report['runner'] == 'demo' else 'the model-free fast runner'}, "
+        "solo pool) as subprocesses, a private PostgreSQL (own port, "
+        "reached by the worker through a TCP proxy the harness cuts) and a private Redis (no persistence).",
+        "",
+        "## Proof (SQL over the jobs table and an audit trigger on every job UPDATE)",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| jobs accepted by the API / rows / distinct client ids | {j['accepted_by_api']} / {j['rows']} / "
+        f"{j['distinct_client_ids']} |",
+        f"| by status | {', '.join(f'{k} {v}' for k, v in sorted(j['by_status'].items()))} |",
+        f"| none lost (every accepted job final) | {'yes' if p['none_lost'] else 'NO'} ({j['accepted_and_final']}) |",
+        f"| exactly one transition into a final state per job | {'yes' if p['every_job_one_terminal_state'] else 'NO'}"
+        f" ({j['final_transitions_exactly_once']} jobs) |",
+        f"| none finished twice / rewritten after final | {j['final_twice']} / {j['rewritten_after_final']} |",
+        f"| attempts (count of jobs) | {', '.join(f'{k}: {v}' for k, v in j['attempts'].items())} |",
+        "",
+        "## Throughput",
+        "",
+        f"{t['jobs_per_s']} jobs/s over {t['span_s']} s (first created to last finished, faults included); "
+        f"queue wait p50 {t['queue_wait_ms_p50']} ms, p95 {t['queue_wait_ms_p95']} ms; cascade total p50 "
+        f"{t['total_ms_p50']} ms, p95 {t['total_ms_p95']} ms.",
+        "",
+        "## Faults",
+        "",
+        "| fault | at (s) | recovery | what the API and /healthz said |",
+        "|---|---|---|---|",
+    ]
+    for f in report["faults"]:
+        a = f.get("affected", {})
+        rec = (f"first job started {f['first_job_started_after_s']} s after; affected: {a.get('jobs', 0)} jobs, "
+               f"all started again by {a.get('all_started_s')} s ({a.get('what', '')})")
+        extra = ""
+        if "beat_survived" in f:
+            extra = f" beat children {f['beat_children']}, survived: {f['beat_survived'] or 'none'}."
+        said = "; ".join(f"{k} ×{v}" for k, v in f["during"]["api_answers"].items())
+        health = "; ".join(f"{k} ×{v}" for k, v in f["during"]["healthz"].items())
+        lines.append(f"| {f['kind']} | {f['start_s']}–{f['end_s']} | {rec}.{extra} | API: {said or 'no request'}. "
+                     f"/healthz: {health} |")
+    wl = report["worker_log"]
+    lines += [
+        "",
+        f"Worker logs: paused for the database {wl['paused_for_database']}×, resumed {wl['resumed']}×; "
+        f"{wl['messages_returned_unclaimed']} messages returned to the queue unclaimed (never acked without a "
+        f"claim); the sweeper sent {wl['sweeper_sent']} jobs that had no message in the broker; "
+        f"{wl['dead_worker_requeued']} running jobs of dead workers re-queued; batches past the deadline: "
+        f"{wl['batches_past_deadline']}.",
+        "",
+        f"API answers over the run: {', '.join(f'{k} ×{v}' for k, v in report['api_answers_overall'].items())}.",
+        "",
+    ]
+    if j["failed_errors"]:
+        lines += ["Failed jobs by error:", ""] + [f"- {v} × `{k}`" for k, v in j["failed_errors"].items()] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reliability", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=Options.jobs)
+    parser.add_argument("--rate", type=float, default=Options.rate, help="jobs/s offered (default %(default)s)")
+    parser.add_argument("--out", default=str(Options.out), help="report directory (default docs/reliability)")
+    parser.add_argument("--models", default=str(Options.models))
+    parser.add_argument("--outage", type=float, default=Options.outage_s, help="seconds per outage (default 20)")
+    parser.add_argument("--runner", choices=["demo", "fast"], default="demo",
+                        help="demo: the shipped demo models; fast: a model-free runner, for when the demo models "
+                             "are too slow on this machine (the report says which)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the fault times (a short smoke run: --jobs 500 --scale 0.2)")
+    args = parser.parse_args(argv)
+    o = Options(jobs=args.jobs, singles=min(Options.singles, args.jobs // 10), rate=args.rate, out=Path(args.out),
+                models=Path(args.models), outage_s=args.outage,
+                kills_at=tuple(t * args.scale for t in Options.kills_at), redis_at=Options.redis_at * args.scale,
+                pg_at=Options.pg_at * args.scale, runner=args.runner)
+    run = Run(o)
+
+    def _terminate(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through run.close(): no orphaned servers
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        report = run.execute()
+    finally:
+        run.close()
+    o.out.mkdir(parents=True, exist_ok=True)
+    (o.out / "latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (o.out / "latest.md").write_text(write_markdown(report))
+    print(write_markdown(report))
+    _log(f"written {o.out / 'latest.json'} and latest.md; logs kept in {run.work}")
+    return 0 if all(report["proof"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
