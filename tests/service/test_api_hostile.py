@@ -190,7 +190,7 @@ def test_the_limits_leave_ordinary_requests_alone(env: dict[str, Any]) -> None:
     schemas, surrogate pairs, U+2028 inside a JSONL string, integer client ids in JSONL."""
     c, h = env["client"], env["h"]
     before = stored(env)
-    text = "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ NaN Infinity 1e999 \U0001f600 \u2028 ]]]"
+    text = '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ "[[[[\\" \\ NaN Infinity 1e999 \U0001f600 \u2028 ]]]'
     r1 = c.post("/v1/jobs", json=job(query=text, tools=[nested_array_tool(4)]), headers=h)  # depth 6: the limit
     # A raw U+2028 inside a JSONL string is legal JSON and does not end the line.
     lines = "\n".join(json.dumps(j, ensure_ascii=False) for j in (job(id=7, query="one \u2028 line"), job(id="b")))
@@ -244,3 +244,16 @@ def test_unreachable_store_is_a_json_503_without_driver_text(env: dict[str, Any]
     assert r.status_code == 503
     assert r.json()["detail"] == "store unavailable" and r.json()["request_id"] == r.headers["x-request-id"]
     assert "10.0.0.7" not in r.text
+
+
+@pytest.mark.parametrize("lines", [False, True], ids=["json", "jsonl"])
+def test_json_depth_limit_is_exact(env: dict[str, Any], lines: bool) -> None:
+    """limits.max_json_depth levels pass the guard (the route then judges the content); one more does not."""
+    c, h, limit = env["client"], env["h"], LIMITS["max_json_depth"]
+    content_type = "application/x-ndjson" if lines else "application/json"
+    at_limit = c.post("/v1/jobs/batch", content=("[" * limit + "]" * limit).encode(),
+                      headers={**h, "content-type": content_type})
+    over = c.post("/v1/jobs/batch", content=("[" * (limit + 1) + "]" * (limit + 1)).encode(),
+                  headers={**h, "content-type": content_type})
+    assert at_limit.status_code == 422 and "max_json_depth" not in at_limit.json()["detail"], at_limit.text
+    assert over.status_code == 422 and "limits.max_json_depth" in over.json()["detail"], over.text
