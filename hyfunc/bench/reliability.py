@@ -407,7 +407,14 @@ class Run:
         fault.details["held_ids"] = held
         self.faults.append(fault)
         _log(f"killed {name} holding {len(held)} running jobs; beat survived: {fault.details['beat_survived']}")
-        self.start_worker()
+        fresh = self.start_worker()
+        # The replacement is up when its first heartbeat lands (imports and models loaded).
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.sql("SELECT 1 FROM workers WHERE name = %s", (self.worker_name(fresh),)):
+                fault.details["replacement_ready_s"] = round(self.now() - fault.start, 1)
+                break
+            time.sleep(0.2)
 
     def redis_outage(self) -> None:
         fault = Fault("Redis stopped (no persistence)", self.now(),
@@ -544,7 +551,9 @@ class Run:
             entry["first_job_started_after_s"] = None if after[0] is None else round(
                 float(after[0]) - self.epoch0 - (f.end or f.start), 1)
             entry.update(d)
-            entry["during"] = self._window(f.start, (f.end or f.start) + 1)
+            # A kill lasts until the replacement is ready; an outage until the server is back.
+            until = f.start + d.get("replacement_ready_s", 0) if "replacement_ready_s" in d else (f.end or f.start)
+            entry["during"] = self._window(f.start, until + 1)
             faults.append(entry)
         worker_logs = "".join(w.log.read_text(errors="replace") for w in self.workers)
         report = {
@@ -570,7 +579,7 @@ class Run:
             "faults": faults,
             "worker_log": {
                 "paused_for_database": worker_logs.count("no longer consuming"),
-                "resumed": worker_logs.count("consuming") - worker_logs.count("no longer consuming"),
+                "resumed": worker_logs.count("database reachable: consuming"),
                 "messages_returned_unclaimed": _sum_after(worker_logs, "database unreachable: ", " messages returned"),
                 "sweeper_sent": _sum_after(worker_logs, "sweeper: sent ", " queued jobs"),
                 "dead_worker_requeued": _sum_after(worker_logs, "; ", " of their running jobs re-queued"),
@@ -665,7 +674,8 @@ def write_markdown(report: dict[str, Any]) -> str:
                f"all started again by {a.get('all_started_s')} s ({a.get('what', '')})")
         extra = ""
         if "beat_survived" in f:
-            extra = f" beat children {f['beat_children']}, survived: {f['beat_survived'] or 'none'}."
+            extra = (f" Replacement worker ready {f.get('replacement_ready_s')} s after the kill; embedded beat "
+                     f"{f['beat_children']} survived: {f['beat_survived'] or 'none'}.")
         said = "; ".join(f"{k} ×{v}" for k, v in f["during"]["api_answers"].items())
         health = "; ".join(f"{k} ×{v}" for k, v in f["during"]["healthz"].items())
         lines.append(f"| {f['kind']} | {f['start_s']}–{f['end_s']} | {rec}.{extra} | API: {said or 'no request'}. "
