@@ -296,10 +296,13 @@ def compare_retrievers(
     categories: list[str] | tuple[str, ...] = ("multiple", "parallel_multiple"),
     limit: int | None = None,
     batch_size: int = 32,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Retrieval only, several retrievers in one run: recall@1 / @3 of each example's gold
     functions among its own candidates (examples with more than one tool), for each retriever
-    and for BM25, on the same intent vectors (computed once)."""
+    and for BM25, on the same intent vectors (computed once). With a retriever's relevance
+    threshold, also `gate_pass`: the share of questions whose best candidate clears it (all
+    questions of the category; on a no-call category such as irrelevance lower is right)."""
     import torch
 
     from hyfunc.training.data import load_bfcl_category
@@ -309,33 +312,38 @@ def compare_retrievers(
         examples, _report = load_bfcl_category(stem, progress=False, check_answers=False)
         if limit:
             examples = examples[:limit]
-        multi = [ex for ex in examples if len(ex.tools) > 1 and ex.answers]
-        if not multi:
+        if not examples:
             continue
-        tools = list({t.content_hash(): t for ex in multi for t in ex.tools}.values())
+        multi = [i for i, ex in enumerate(examples) if len(ex.tools) > 1 and ex.answers]
+        tools = list({t.content_hash(): t for ex in examples for t in ex.tools}.values())
         row = {t.content_hash(): i for i, t in enumerate(tools)}
         with torch.inference_mode():
-            queries = torch.cat([encoder.soft_tokens([ex.query for ex in multi[s : s + batch_size]]).soft_tokens
-                                 for s in range(0, len(multi), batch_size)])
+            queries = torch.cat([encoder.soft_tokens([ex.query for ex in examples[s : s + batch_size]]).soft_tokens
+                                 for s in range(0, len(examples), batch_size)])
             keys = encoder.function_embeddings(tools)
-        golds = [{c.name for c in ex.answers} for ex in multi]
-        entry: dict[str, Any] = {"examples": len(multi)}
+        golds = [{c.name for c in examples[i].answers} for i in multi]
+        entry: dict[str, Any] = {"examples": len(multi), "questions": len(examples)}
         rankings: dict[str, list[list[str]]] = {}
         for label, retriever in retrievers.items():
             with torch.inference_mode():
                 q = retriever.encode_queries(queries)
                 k = retriever.encode_keys(keys)
-            ranked = []
-            for i, ex in enumerate(multi):
-                scores = k[[row[t.content_hash()] for t in ex.tools]] @ q[i]
-                ranked.append([ex.tools[j].name for j in torch.argsort(scores, descending=True, stable=True).tolist()])
-            rankings[label] = ranked
+            scores = [k[[row[t.content_hash()] for t in ex.tools]] @ q[i] for i, ex in enumerate(examples)]
+            rankings[label] = [
+                [examples[i].tools[j].name for j in torch.argsort(scores[i], descending=True, stable=True).tolist()]
+                for i in multi
+            ]
+            threshold = (thresholds or {}).get(label)
+            if threshold is not None:
+                passed = sum(float(sc.max()) >= threshold for sc in scores)
+                entry.setdefault("gate_pass", {})[label] = round(passed / len(examples), 4)
         ranker = BM25Ranker([t for ex in examples for t in ex.tools])
-        rankings["bm25"] = [[ex.tools[i].name for i in ranker.rank(ex.query, ex.tools)] for ex in multi]
-        for label, ranked in rankings.items():
-            entry[label] = {
-                f"recall@{k}": round(sum(_recall(rk, g, k) for rk, g in zip(ranked, golds, strict=True)) / len(multi), 4)
-                for k in (1, 3)
-            }
+        rankings["bm25"] = [[examples[i].tools[j].name for j in ranker.rank(examples[i].query, examples[i].tools)] for i in multi]
+        if multi:
+            for label, ranked in rankings.items():
+                entry[label] = {
+                    f"recall@{k}": round(sum(_recall(rk, g, k) for rk, g in zip(ranked, golds, strict=True)) / len(multi), 4)
+                    for k in (1, 3)
+                }
         out[category] = entry
     return out

@@ -101,8 +101,9 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         if models is None:
             raise CliError("no models configured: pass --models DIR")
         encoder, _path = intent_encoder_for(str(models))
-        own = resolve_part(Path(models), Manifest.read(Path(models)).retriever_path)
-        retrievers = {}
+        manifest = Manifest.read(Path(models))
+        own = resolve_part(Path(models), manifest.retriever_path)
+        retrievers, thresholds = {}, {}
         for spec in args.retriever or ["identity", f"models={own}"]:
             label, _, path = spec.partition("=")
             if label == "identity" and not path:
@@ -113,12 +114,24 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
             if not (Path(path) / "config.json").is_file():
                 raise CliError(f"--retriever {spec}: {path} is not a retriever directory (no config.json)")
             retrievers[label] = load_retriever(Path(path))
+            # the gate's threshold: a general-data run's report, or the models' own manifest
+            report = Path(path) / "report.json"
+            if report.is_file():
+                thresholds[label] = float(json.loads(report.read_text())["threshold"])
+            elif Path(path).resolve() == own.resolve():
+                thresholds[label] = manifest.relevance_threshold
+        for spec in args.threshold or []:
+            label, _, value = spec.partition("=")
+            try:
+                thresholds[label] = float(value)
+            except ValueError:
+                raise CliError(f"--threshold {spec}: expected LABEL=NUMBER") from None
     except (ConfigError, ModelsError) as err:
         raise CliError(str(err)) from None
     from hyfunc.eval.bfcl import compare_retrievers
 
     try:
-        results = compare_retrievers(encoder, retrievers, args.categories, limit=args.limit)
+        results = compare_retrievers(encoder, retrievers, args.categories, limit=args.limit, thresholds=thresholds)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from None
     results = {"limit": args.limit, "categories": results}
@@ -127,12 +140,13 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    print("| category | examples | retriever | recall@1 | recall@3 |")
-    print("|---|---|---|---|---|")
+    print("| category | questions | retriever | recall@1 | recall@3 | gate pass |")
+    print("|---|---|---|---|---|---|")
     for category, entry in results["categories"].items():
-        for label, value in entry.items():
-            if label != "examples":
-                print(f"| {category} | {entry['examples']} | {label} | {value['recall@1']} | {value['recall@3']} |")
+        for label in [*retrievers, "bm25"]:
+            recall = entry.get(label, {})
+            gate = entry.get("gate_pass", {}).get(label, "–")
+            print(f"| {category} | {entry['questions']} | {label} | {recall.get('recall@1', '–')} | {recall.get('recall@3', '–')} | {gate} |")
     return 0
 
 
@@ -192,6 +206,8 @@ def add_eval_commands(sub) -> None:
     retrieval.add_argument("--retriever", action="append", metavar="LABEL=DIR",
                            help="a retriever directory (repeatable); 'identity' = the untrained residual retriever "
                                 "(cosine of the intent embeddings); default: identity and the models' own")
+    retrieval.add_argument("--threshold", action="append", metavar="LABEL=NUMBER",
+                           help="a relevance threshold for a retriever (default: its report.json, or the models' manifest)")
     retrieval.add_argument("--categories", nargs="+", default=["multiple", "parallel_multiple"])
     retrieval.add_argument("--limit", type=int, help="first N questions per category (default: all)")
     retrieval.add_argument("--models", help="models directory whose intent model embeds (default: the config's)")
