@@ -93,6 +93,7 @@ _DESCRIPTIONS = {
     400: "malformed JSON, a body that is not UTF-8, or a cursor this API did not issue",
     401: "missing or invalid API key",
     404: "not found (another tenant's objects are indistinguishable from missing ones)",
+    409: "a concurrent change won every retry; send the request again",
     413: "body or batch over its limit (limits.max_body_bytes, limits.max_batch_size)",
     422: "a value the API refuses: the detail names the field and the problem",
     500: "internal error",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import ApiError
@@ -15,6 +16,7 @@ from hyfunc.store.submissions import schema_depth_problem, tools_problem
 from hyfunc.store.toolsets import get_toolset, put_toolset
 
 router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"], responses=error_responses(401, 422, 500, 503))
+MAX_VERSION_RACES = 20  # attempts to add a version while other requests add theirs
 
 
 def _out(row: Toolset) -> ToolsetOut:
@@ -24,7 +26,7 @@ def _out(row: Toolset) -> ToolsetOut:
 
 @router.post("", status_code=201, response_model=ToolsetOut,
              responses={200: {"model": ToolsetOut, "description": "unchanged: the latest version already has these tools"},
-                        **error_responses(400, 413)})
+                        **error_responses(400, 409, 413)})
 def register_toolset(body: ToolsetIn, response: Response, state: StateDep, session: SessionDep,
                      tenant: TenantDep) -> ToolsetOut:
     problem = tools_problem(len(body.tools), state.config.limits) or schema_depth_problem(body.tools, state.config.limits)
@@ -35,8 +37,17 @@ def register_toolset(body: ToolsetIn, response: Response, state: StateDep, sessi
         tools = parse_request({"query": "toolset", "tools": body.tools}).tools
     except RequestError as err:
         raise ApiError(422, str(err)) from None
-    row, created = put_toolset(session, tenant.id, body.name, tools)
-    session.commit()
+    for _ in range(MAX_VERSION_RACES):
+        try:
+            row, created = put_toolset(session, tenant.id, body.name, tools)
+            session.commit()
+            break
+        except IntegrityError:
+            # Another request took this version number first (unique tenant, name, version):
+            # read the new latest and try again.
+            session.rollback()
+    else:
+        raise ApiError(409, f"toolset {body.name!r} kept changing under this request; retry")
     if not created:
         response.status_code = 200
     return _out(row)

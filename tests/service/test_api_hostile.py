@@ -257,3 +257,20 @@ def test_json_depth_limit_is_exact(env: dict[str, Any], lines: bool) -> None:
                   headers={**h, "content-type": content_type})
     assert at_limit.status_code == 422 and "max_json_depth" not in at_limit.json()["detail"], at_limit.text
     assert over.status_code == 422 and "limits.max_json_depth" in over.json()["detail"], over.text
+
+
+def test_concurrent_toolset_versions_are_not_a_500(env: dict[str, Any]) -> None:
+    """Two requests racing to add a version of one name meet the unique (tenant, name, version)
+    constraint: the loser retries on the new latest version instead of answering 500."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, h = env["client"], env["h"]
+
+    def register(i: int) -> Any:
+        tool = {"name": f"tool_{i}", "parameters": {"type": "object", "properties": {}}}
+        return c.post("/v1/toolsets", json={"name": "raced", "tools": [tool]}, headers=h)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(register, range(16)))
+    assert [r.status_code for r in responses] == [201] * 16, [r.text for r in responses if r.status_code != 201]
+    assert sorted(r.json()["version"] for r in responses) == list(range(1, 17))
