@@ -100,22 +100,54 @@ def bench_service(
     items: list[BenchInput],
     *,
     jobs: int = 64,
-    flush_every: int = 16,
+    flush_every: int = 32,
+    rows: int = 8,
     device: str = "cpu",
     dtype: str = "float32",
     pg_admin: str | None = None,
     redis_url: str | None = None,
     timeout: float = 600.0,
 ) -> dict[str, Any]:
-    import httpx
-    import psycopg
-    import yaml
-
+    """The service run twice in one bench: static batches of `rows` decoder rows per worker batch
+    of `flush_every` jobs (cascade.continuous false), then continuous batching (rows refilled as
+    jobs finish). The continuous run's full report is returned, with the static run's jobs/s and
+    the ratio beside it."""
     pg_admin = pg_admin or os.environ.get("HYFUNC_BENCH_PG", DEFAULT_PG_ADMIN)
     redis_url = redis_url or os.environ.get("HYFUNC_BENCH_REDIS", DEFAULT_REDIS)
     problem = _check_backends(pg_admin, redis_url)
     if problem:
         return {"skipped": problem}
+    runs = {}
+    for label, continuous in (("static", False), ("continuous", True)):
+        runs[label] = _service_run(models_dir, items, jobs=jobs, flush_every=flush_every, device=device, dtype=dtype,
+                                   pg_admin=pg_admin, redis_url=redis_url, timeout=timeout,
+                                   cascade={"batch_size": rows, "continuous": continuous})
+    out = dict(runs["continuous"])
+    static_rate, cont_rate = runs["static"]["service_jobs_per_s"], runs["continuous"]["service_jobs_per_s"]
+    out["decoder_rows"] = rows
+    out["static_service_jobs_per_s"] = static_rate
+    out["static_service_ms_per_job"] = runs["static"]["service_ms_per_job"]
+    out["continuous_over_static"] = r(cont_rate / static_rate, 3) if static_rate and cont_rate else None
+    out["target_continuous_over_static"] = 1.3
+    return out
+
+
+def _service_run(
+    models_dir: Path,
+    items: list[BenchInput],
+    *,
+    jobs: int,
+    flush_every: int,
+    device: str,
+    dtype: str,
+    pg_admin: str,
+    redis_url: str,
+    timeout: float,
+    cascade: dict[str, Any],
+) -> dict[str, Any]:
+    import httpx
+    import psycopg
+    import yaml
 
     from hyfunc.store import migrate
     from hyfunc.store.db import dispose_engines, session_factory, transaction
@@ -135,6 +167,7 @@ def bench_service(
         port = _free_port()
         config = {
             "models": {"dir": str(models_dir), "device": device, "dtype": dtype},
+            "cascade": cascade,
             "store": {"url": db_url, "record_runs": False},
             "worker": {"broker_url": redis_url, "queue": queue, "flush_every": flush_every, "flush_interval": 0.05},
             "limits": {"max_batch_size": max(1000, jobs)},
@@ -220,10 +253,12 @@ def bench_service(
     # The cascade's own time for the same jobs, same batch size, no service around it.
     from hyfunc.bench.runs import load_cascade, run_cascade_free
 
-    cascade = load_cascade(models_dir, device, dtype)
+    in_process = load_cascade(models_dir, device, dtype)
+    for key, value in cascade.items():
+        setattr(in_process.config, key, value)
     same = [items[i % len(items)] for i in range(jobs)]
-    run_cascade_free(cascade, same[:flush_every])
-    cascade_ms = sum(run_cascade_free(cascade, same[s : s + flush_every])[0] for s in range(0, jobs, flush_every))
+    run_cascade_free(in_process, same[:flush_every])
+    cascade_ms = sum(run_cascade_free(in_process, same[s : s + flush_every])[0] for s in range(0, jobs, flush_every))
     service_per_job = wall_s * 1000 / jobs
     cascade_per_job = cascade_ms / jobs
     return {

@@ -108,9 +108,11 @@ def _run_one(kind, options, dtype, out, cascade, inputs, demo_cascade, demo_item
     if kind == "throughput":
         from hyfunc.bench.throughput import bench_throughput, plot_throughput
 
-        result: dict[str, Any] = {"bench models": bench_throughput(cascade, inputs, options.throughput_jobs)}
+        extra = {"continuous_jobs": 64, "prefix_jobs": 1000}  # continuous vs static; prompt-token reuse
+        result: dict[str, Any] = {"bench models": bench_throughput(cascade, inputs, options.throughput_jobs, **extra)}
         if demo_cascade is not None:
-            result["demo models"] = bench_throughput(demo_cascade, demo_items, options.throughput_jobs, free=True)
+            result["demo models"] = bench_throughput(demo_cascade, demo_items, options.throughput_jobs, free=True,
+                                                     **extra)
         plot = plot_throughput({k: v for k, v in result.items() if isinstance(v, dict)}, out / "throughput.png",
                                f"HyFunc cascade throughput ({options.device}, {dtype})")
         result["plot"] = str(plot)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+import pytest
 import torch
 from engine_support import PING, WEATHER, Trace, recording, tool
 from test_decoder import SPECS, make_job, same
@@ -214,3 +215,29 @@ def test_recorded_programs_see_only_allowed_tokens(tiny_decoder, tiny_bundle, ma
     results = dict(tiny_decoder.stream(wrapped(), max_rows=2))
     for i, trace in enumerate(traces):
         assert trace.calls is not None and [c.model_dump() for c in trace.calls] == calls_of(results[i])
+
+
+@pytest.mark.slow
+def test_bench_rows_for_continuous_batching_and_prefix_reuse(cascade) -> None:
+    """The bench rows run end to end on the tiny models (numbers are measured by `hyfunc bench`)."""
+    from engine_support import ALL_TOOLS, CONVERT, EMAIL, THERMOSTAT
+
+    from hyfunc.bench.throughput import bench_continuous, bench_prefix
+    from hyfunc.bench.workload import BenchInput
+
+    items = [
+        BenchInput("a", "demo", "weather in Paris and ping", [WEATHER, PING], []),
+        BenchInput("b", "demo", "email bob about lunch", [EMAIL, PING], []),
+        BenchInput("c", "demo", "hall 21.5 then convert 3 usd", [THERMOSTAT, CONVERT], []),
+        BenchInput("d", "demo", "everything", ALL_TOOLS, []),
+    ]
+    cont = bench_continuous(cascade, items, jobs=8, rows=2, free=True)
+    assert cont["static"]["lms_passes"] > 0 and cont["continuous"]["lms_passes"] > 0
+    assert cont["continuous"]["mean_rows_per_pass"] >= cont["static"]["mean_rows_per_pass"]
+    assert cascade.config.continuous is True and cascade.config.batch_size == 16  # restored
+    prefix = bench_prefix(cascade, jobs=20, rows=4)
+    today, served = prefix["no cache (today)"], prefix["cache, canonical order (served)"]
+    assert today["reused_per_job"] == 0 and today["computed_per_job"] == today["prompt_tokens_per_job"]
+    assert served["reused_per_job"] > 0
+    assert served["computed_per_job"] + served["reused_per_job"] == pytest.approx(served["prompt_tokens_per_job"], abs=0.2)
+    assert prefix["computed_over_today"] < 1
