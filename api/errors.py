@@ -21,7 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hyfunc.store.errors import StoreUnavailable, is_unavailable
-from hyfunc.store.submissions import SubmissionError
+from hyfunc.store.submissions import SubmissionError, SubmissionTooLarge
 
 log = logging.getLogger("hyfunc.api")
 
@@ -30,8 +30,14 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
-class ApiError(SubmissionError):
-    """An error answered as {"detail": message} with the given status."""
+class ApiError(Exception):
+    """An error answered as {"detail": message} with the given status (the API's own;
+    store errors carry no HTTP status and are mapped in install_handlers)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def request_id(request: Request) -> str:
@@ -82,9 +88,14 @@ def validation_detail(errors: list[dict]) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(SubmissionError)
-    async def _api_error(_: Request, err: SubmissionError) -> JSONResponse:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
         return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.exception_handler(SubmissionError)
+    async def _submission_error(_: Request, err: SubmissionError) -> JSONResponse:
+        status = 413 if isinstance(err, SubmissionTooLarge) else 422
+        return JSONResponse({"detail": err.message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -35,12 +35,16 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class SubmissionError(ValueError):
-    """A rejected submission; `status` is the HTTP status the API answers with."""
+    """A rejected submission: the message names the field or the limit. Free of HTTP: the
+    API maps it (422, or 413 for SubmissionTooLarge); the CLI prints it."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, message: str):
         super().__init__(message)
-        self.status = status
         self.message = message
+
+
+class SubmissionTooLarge(SubmissionError):
+    """Over a size limit of the whole submission (limits.max_batch_size)."""
 
 
 def text_problem(value: str, max_chars: int | None = None, *, controls: bool = False) -> str | None:
@@ -124,42 +128,42 @@ def batch_problem(count: int, limits: LimitsConfig) -> str | None:
 def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsConfig, where: str = "") -> NewJob:
     """One job dict -> NewJob, or SubmissionError naming the field or limit."""
     if not isinstance(item, dict):
-        raise SubmissionError(422, f"{where}a job must be a JSON object, got {type(item).__name__}")
+        raise SubmissionError(f"{where}a job must be a JSON object, got {type(item).__name__}")
     unknown = sorted(set(item) - JOB_KEYS)
     if unknown:
-        raise SubmissionError(422, f"{where}unknown fields {unknown}; a job has {sorted(JOB_KEYS)}")
+        raise SubmissionError(f"{where}unknown fields {unknown}; a job has {sorted(JOB_KEYS)}")
     problem = query_problem(item.get("query"), limits)
     if problem:
-        raise SubmissionError(422, where + problem)
+        raise SubmissionError(where + problem)
     toolset_ref, inline = item.get("toolset"), item.get("tools")
     if toolset_ref is not None and inline is not None:
-        raise SubmissionError(422, f"{where}give either tools or toolset, not both")
+        raise SubmissionError(f"{where}give either tools or toolset, not both")
     toolset_id = None
     if toolset_ref is not None:
         problem = toolset_ref_problem(toolset_ref)
         if problem:
-            raise SubmissionError(422, where + problem)
+            raise SubmissionError(where + problem)
         name, version = parse_toolset_ref(toolset_ref)
         toolset = get_toolset(session, tenant_id, name, version)
         if toolset is None:
-            raise SubmissionError(422, f"{where}toolset {toolset_ref!r} is not registered")
+            raise SubmissionError(f"{where}toolset {toolset_ref!r} is not registered")
         tools, toolset_id = toolset.tools, toolset.id
     else:
         tools = inline
     if isinstance(tools, list):
         problem = tools_problem(len(tools), limits) or schema_depth_problem(tools, limits)
         if problem:
-            raise SubmissionError(422, where + problem)
+            raise SubmissionError(where + problem)
     client_id = item.get("id")
     if client_id is not None:
         problem = client_id_problem(client_id)
         if problem:
-            raise SubmissionError(422, where + problem)
+            raise SubmissionError(where + problem)
         client_id = str(client_id)
     try:
         request = parse_request({"id": client_id, "query": item.get("query"), "tools": tools})
     except RequestError as err:
-        raise SubmissionError(422, f"{where}{err}") from None
+        raise SubmissionError(f"{where}{err}") from None
     return NewJob(
         query=request.query,
         tools=[t.to_json() for t in request.tools] if toolset_id is None else None,
@@ -171,7 +175,7 @@ def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsCon
 def validate_batch(session: Session, tenant_id: int, items: Sequence[Any], limits: LimitsConfig) -> list[NewJob]:
     problem = batch_problem(len(items), limits)
     if problem:
-        raise SubmissionError(413, problem)
+        raise SubmissionTooLarge(problem)
     if not items:
-        raise SubmissionError(422, "batch is empty")
+        raise SubmissionError("batch is empty")
     return [validate_item(session, tenant_id, item, limits, f"jobs[{i}]: ") for i, item in enumerate(items)]
