@@ -10,6 +10,7 @@ from api.errors import RequestIdMiddleware, install_handlers
 from api.json_guard import JsonBodyGuard
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
+from api.openapi import truthful_openapi
 from api.routes import export, jobs, ops, replays, toolsets
 from hyfunc import __version__
 from hyfunc.config import HyFuncConfig, load_config
@@ -38,6 +39,7 @@ def create_app(config: HyFuncConfig | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     for module in (jobs, toolsets, replays, export, ops):
         app.include_router(module.router)
+    truthful_openapi(app)
     return app
 
 

@@ -134,3 +134,19 @@ def test_documented_examples_are_accepted(api_schema: Any, fuzz_env: dict[str, A
     assert not failures, "\n\n".join(failures[:30])
     for label in ("POST /v1/jobs", "POST /v1/jobs/batch", "POST /v1/toolsets"):
         assert accepted.get(label) and all(200 <= s < 300 for s in accepted[label]), (label, accepted.get(label))
+
+
+def test_openapi_declares_the_real_error_bodies(fuzz_env: dict[str, Any]) -> None:
+    with TestClient(fuzz_env["app"]) as client:
+        doc = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in str(doc)  # FastAPI's array-shaped 422 is never sent
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if path.startswith("/v1"):
+                assert {"401", "422", "500", "503"} <= set(responses), (method, path)
+                assert operation["security"], (method, path)
+            for code, response in responses.items():
+                if code.startswith(("4", "5")) and "content" in response:
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ServerErrorOut" if code.startswith("5") else "/ErrorOut"), (path, code)
