@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any
 
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hyfunc.schema import find_non_finite
@@ -22,6 +23,7 @@ from hyfunc.schema import find_non_finite
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"[]{}\n")
 _OPEN, _CLOSE, _NEWLINE = frozenset(b"[{"), frozenset(b"]}"), ord("\n")
+INLINE_CHECK_BYTES = 64 * 1024  # larger bodies are checked in a worker thread
 # What a non-finite number or a lone surrogate needs in the raw text: NaN/Infinity, a
 # 3-digit exponent or a 300-digit mantissa (1e999, 1111…1.0), a \uD800-\uDFFF escape,
 # or (for an unreadable integer) thousands of digits. A body without any of them skips
@@ -155,7 +157,12 @@ class JsonBodyGuard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        problem = body_problem(body, self.max_depth, lines=not _is_json(content_type)) if body else None
+        lines = not _is_json(content_type)
+        if len(body) > INLINE_CHECK_BYTES:
+            # Checking megabytes takes a while: off the event loop, so other requests go on.
+            problem = await anyio.to_thread.run_sync(lambda: body_problem(body, self.max_depth, lines=lines))
+        else:
+            problem = body_problem(body, self.max_depth, lines=lines) if body else None
         if problem:
             await _reject(send, problem)
             return
