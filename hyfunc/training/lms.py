@@ -130,21 +130,24 @@ def selective_loss(
     computed once (batch of one) and repeated for the batch: a quarter of the tokens of a demo
     sequence, run once instead of once per row. The loss is the same either way."""
     ids, targets, embeds = _batch_inputs(model, projector, seqs, soft_id, pad_id, device)
+    # A peft model's `base_model` is its LoRA wrapper (a whole causal LM); the decoder stack that
+    # returns hidden states is one level further in, with the LoRA layers injected in place.
+    core = model.get_base_model() if is_lora(model) else model
     # No attention mask: rows are right-padded, so under causal attention no real token ever sees
     # a pad (pads only follow it), and pads are never targets. Passing the padding mask would
     # force attention off its fused causal kernel onto a materialised-mask path, about 2.5x slower
     # per step here.
-    shared = shared_prefix_length(seqs) - 1 if share_prefix and len(seqs) > 1 else 0
+    shared = max(0, shared_prefix_length(seqs) - 1) if share_prefix and len(seqs) > 1 else 0
     if shared > 0:
         cache = DynamicCache(config=model.config)
-        model.base_model(inputs_embeds=embeds[:1, :shared], cache=cache, use_cache=True)
+        core.base_model(inputs_embeds=embeds[:1, :shared], cache=cache, use_cache=True)
         cache.batch_repeat_interleave(len(seqs))
-        hidden = model.base_model(inputs_embeds=embeds[:, shared:], cache=cache, use_cache=True).last_hidden_state
+        hidden = core.base_model(inputs_embeds=embeds[:, shared:], cache=cache, use_cache=True).last_hidden_state
     else:
-        hidden = model.base_model(inputs_embeds=embeds).last_hidden_state
+        hidden = core.base_model(inputs_embeds=embeds).last_hidden_state
     predict = targets[:, shared + 1 :]
     h = hidden[:, :-1][predict]
-    logits = model.get_output_embeddings()(h).float()
+    logits = core.get_output_embeddings()(h).float()
     if all(s.allowed is not None for s in seqs):
         logits = logits.masked_fill(~_allowed_mask(seqs, logits.shape[1], logits.device), float("-inf"))
     return F.cross_entropy(logits, ids[:, shared + 1 :][predict])

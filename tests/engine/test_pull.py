@@ -289,3 +289,32 @@ def test_a_lora_adapter_on_a_base_is_merged_at_load_with_the_peft_models_logits(
     from hyfunc.models.pull import base_version
 
     assert stamped.versions["lms"] != base_version("base:fake-base")
+
+
+def test_selective_sft_trains_only_lora_and_the_projector_and_starts_from_the_base_loss(source) -> None:
+    """LoRA training runs through the same selective loss: at initialisation (LoRA B = 0) the loss
+    is the base model's, and gradients reach the adapters and the projector, not the base weights."""
+    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.soft_slot import ensure_soft_slot
+    from hyfunc.training.lms import LMSSequence, LMSTrainConfig, apply_lora, selective_loss
+
+    _, tokenizer, _ = source
+    model = tiny_llama(tokenizer, seed=5)
+    soft_id = ensure_soft_slot(tokenizer, model)
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=8, output_dim=64, hidden_dim=16))
+    torch.manual_seed(0)
+    seqs = []
+    for length in (12, 15):
+        ids = torch.randint(10, 300, (length,)).tolist()
+        ids[4] = soft_id
+        seqs.append(LMSSequence(ids, [i >= 8 for i in range(length)], torch.randn(8)))
+    base_loss = selective_loss(model, projector, seqs, soft_id, 0, "cpu")
+    wrapped = apply_lora(model, LMSTrainConfig(lora=True, lora_rank=4))
+    loss = selective_loss(wrapped, projector, seqs, soft_id, 0, "cpu")
+    torch.testing.assert_close(loss, base_loss)
+    loss.backward()
+    lora_grads = [p.grad for n, p in wrapped.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)
+    assert any(float(g.abs().sum()) > 0 for g in lora_grads)
+    assert all(p.grad is None for n, p in wrapped.named_parameters() if "lora_" not in n)
+    assert all(p.grad is not None for p in projector.parameters())
