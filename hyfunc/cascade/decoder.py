@@ -67,6 +67,7 @@ class LMSDecoder:
         self._prefix_kv: KV | None = None
         self.prefix_passes = 0  # shared-prefix prefills (once per process)
         self.forward_passes = 0  # all batched passes after the prefix
+        self.steps = 0  # scheduler steps: each row makes one decision per step it is in
 
     def runner(self) -> TransformersRunner:
         return TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
@@ -121,7 +122,7 @@ class ContinuousDecoder:
         )
         self.source = iter(source) if source is not None else None
         self._pulled = 0
-        self.passes = 0  # this session's forward passes
+        self.steps = 0  # this session's steps (each: a decode pass, a prefill pass, or both)
         self._since: dict[Any, float] = {}  # waiting job -> when it started waiting
         self._start = time.perf_counter()
 
@@ -158,23 +159,30 @@ class ContinuousDecoder:
             self._pull(max(0, sched.free_rows() - len(sched.waiting)) if sched.max_rows is not None else 1 << 30)
         admitted, early = sched.admit()
         prefix = decoder.shared_prefix()
-        runner.add_rows([kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted])
+        start_kvs = [kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted]
         t1 = time.perf_counter()
         for row in [*admitted, *early]:
             row.stats.wait_ms = (t0 - self._since.pop(row.key)) * 1000
-            row.stats.first_pass = self.passes
+            row.stats.first_pass = self.steps
         finished: list[Row] = list(early)
         for row in early:
             row.stats.program_ms += (t1 - t0) * 1000
         if not sched.running:
             return [(row.key, row.result()) for row in finished]
 
+        # Running rows decode (one narrow pass), then admitted rows prefill (a pass of their own).
         present = list(sched.running)
-        chunks = [row.chunk for row in present]
-        soft = [row.job.soft_embeddings if row.fresh else None for row in present]
-        hidden = runner.forward(chunks, soft)
-        decoder.forward_passes += 1
-        self.passes += 1
+        running = present[: len(present) - len(admitted)]
+        hidden = []
+        if running:
+            hidden.append(runner.forward([row.chunk for row in running], [None] * len(running)))
+            decoder.forward_passes += 1
+        if admitted:
+            soft = [row.job.soft_embeddings for row in admitted]
+            hidden.append(runner.prefill(start_kvs, [row.chunk for row in admitted], soft))
+            decoder.forward_passes += 1
+        self.steps += 1
+        decoder.steps += 1
         t2 = time.perf_counter()
         fresh = [row.fresh for row in present]
         for r, row in enumerate(present):
@@ -182,7 +190,7 @@ class ContinuousDecoder:
             row.stats.forward_passes += 1
             if row.fresh:
                 self._remember_prompt(r, row)
-        tokens, errors = self._pick(hidden, present)
+        tokens, errors = self._pick(torch.cat(hidden) if len(hidden) > 1 else hidden[0], present)
         keep, done = sched.update(tokens, errors)
         runner.keep_rows(keep)
         finished.extend(done)

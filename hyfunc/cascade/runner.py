@@ -8,9 +8,10 @@ small surface (``ModelRunner``).
 Layout: one DynamicCache of (rows, kv_heads, L, head_dim) per layer and one (rows, L) 0/1 mask.
 Each pass appends a right-padded chunk per row; pads stay in the cache but are masked out of
 attention forever, and every row carries its own position ids (its count of real tokens), so
-ragged rows never shift each other. When rows join a running batch the cache is rebuilt
-compactly (each row's real tokens gathered to the left), so the columns wasted on pads do not
-grow with the life of the batch.
+ragged rows never shift each other. Rows joining a running batch prefill their prompts in a
+pass of their own (a joint pass would pad every running row to the prompt's width), then the
+cache is rebuilt compactly (each row's real tokens gathered to the left), so the columns wasted
+on pads do not grow with the life of the batch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ModelRunner(Protocol):
     def encode_prefix(self, ids: list[int]) -> KV: ...
 
     def add_rows(self, kvs: list[KV]) -> None: ...
+
+    def prefill(self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None]) -> torch.Tensor: ...
 
     def keep_rows(self, index: list[int]) -> None: ...
 
@@ -118,6 +121,39 @@ class TransformersRunner:
                 n = new_lengths[j]
                 keys[start + j, :, :n] = kv[i][0]
                 values[start + j, :, :n] = kv[i][1]
+            layers.append((keys, values))
+        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        positions = torch.arange(width, device=self.device)
+        self._mask = (positions[None, :] < torch.tensor(lengths, device=self.device)[:, None]).long()
+        self._lengths = lengths
+
+    @torch.inference_mode()
+    def prefill(self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None]) -> torch.Tensor:
+        """New rows, each starting from its KV, run their first chunk (the prompt) in a pass of
+        their own, then join the batch; returns their last-position hidden states. Running rows
+        never pay for a prompt's width: a joint pass would pad each of them to it."""
+        if not self.rows:
+            self.add_rows(kvs)
+            return self.forward(chunks, soft)
+        joining = TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
+        joining.add_rows(kvs)
+        hidden = joining.forward(chunks, soft)
+        self._merge(joining)
+        return hidden
+
+    def _merge(self, other: TransformersRunner) -> None:
+        """Append ``other``'s rows after this batch's, both compacted to one width."""
+        mine, theirs = self._compact(), other._compact()
+        lengths = self._lengths + other._lengths
+        width = max(lengths)
+        layers = []
+        for (mk, mv), (tk, tv) in zip(mine, theirs, strict=True):
+            keys = mk.new_zeros(len(lengths), mk.shape[1], width, mk.shape[3])
+            values = mv.new_zeros(len(lengths), mv.shape[1], width, mv.shape[3])
+            keys[: self.rows, :, : mk.shape[2]] = mk
+            values[: self.rows, :, : mv.shape[2]] = mv
+            keys[self.rows :, :, : tk.shape[2]] = tk
+            values[self.rows :, :, : tv.shape[2]] = tv
             layers.append((keys, values))
         self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
         positions = torch.arange(width, device=self.device)

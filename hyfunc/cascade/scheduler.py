@@ -45,7 +45,7 @@ class RowStats:
     generated: int = 0
     fed_tokens: int = 0  # tokens actually run through the LMS for this row (shared prefix excluded)
     forward_passes: int = 0
-    first_pass: int = 0  # the decoder pass (counted from the start of the decode) that admitted the row
+    first_pass: int = 0  # the session step that admitted the row (its passes are the steps from there on)
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
     # Wall time per stage while the job was inside the decoder (see LMSDecoder): waiting for a
