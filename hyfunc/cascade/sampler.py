@@ -77,53 +77,63 @@ class BatchSampler:
             else:
                 dense.append((r, step, ids, bias))
 
-        picks = torch.empty(len(steps), dtype=torch.long, device=device)
+        # Each path returns (its rows, its picks); one scatter and one transfer assemble them.
+        rows_parts: list[int] = []
+        pick_parts: list[torch.Tensor] = []
         if fixed:
-            rows = list(fixed)
-            picks[torch.tensor(rows, device=device)] = torch.tensor([fixed[r] for r in rows], device=device)
+            rows_parts.extend(fixed)
+            pick_parts.append(torch.tensor(list(fixed.values()), dtype=torch.long, device=device))
         if sparse:
-            rows_t, tokens = self._pick_sparse(hidden, sparse)
-            picks[rows_t] = tokens
+            rows_parts.extend(r for r, _, _ in sparse)
+            pick_parts.append(self._pick_sparse(hidden, sparse))
         if dense:
-            rows_t, tokens = self._pick_dense(hidden, dense)
-            picks[rows_t] = tokens
+            rows_parts.extend(r for r, _, _, _ in dense)
+            pick_parts.append(self._pick_dense(hidden, dense))
+        values = torch.cat(pick_parts) if len(pick_parts) > 1 else pick_parts[0]
+        picks = torch.empty_like(values)
+        picks[torch.tensor(rows_parts, device=device)] = values
         return picks.tolist()  # the one device -> host transfer
 
     # -- the two paths --------------------------------------------------------------------------
 
-    def _pick_sparse(
-        self, hidden: torch.Tensor, rows: list[tuple[int, list[int], list[float] | None]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score only the allowed LM-head rows: (R, K, d) gathered weights times (R, d) hidden."""
+    def _pick_sparse(self, hidden: torch.Tensor, rows: list[tuple[int, list[int], list[float] | None]]) -> torch.Tensor:
+        """Score only the allowed LM-head rows: each allowed id's head row times its row's hidden
+        state (no padding is gathered), then one masked argmax over a (R, longest) score grid."""
         assert self._weight is not None
         device = hidden.device
         width = max(len(ids) for _, ids, _ in rows)
-        index = torch.zeros(len(rows), width, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        prior = torch.zeros(len(rows), width, dtype=torch.float32)
+        flat_ids: list[int] = []
+        flat_rows: list[int] = []
+        flat_cols: list[int] = []
+        flat_prior: list[float] = []
         any_bias = False
         for i, (_, ids, bias) in enumerate(rows):
-            index[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            valid[i, : len(ids)] = True
+            flat_ids.extend(ids)
+            flat_rows.extend([i] * len(ids))
+            flat_cols.extend(range(len(ids)))
             if bias is not None:
-                prior[i, : len(ids)] = torch.tensor(bias, dtype=torch.float32)
                 any_bias = True
-        index, valid = index.to(device), valid.to(device)
+                flat_prior.extend(bias)
+            else:
+                flat_prior.extend([0.0] * len(ids))
+        ids_t, rows_t, cols_t = torch.tensor([flat_ids, flat_rows, flat_cols], dtype=torch.long, device=device)
         h = hidden[torch.tensor([r for r, _, _ in rows], device=device)]
-        weights = self._weight[index]  # (R, K, d)
-        logits = torch.bmm(weights, h.to(weights.dtype).unsqueeze(-1)).squeeze(-1)
+        weights = self._weight[ids_t]  # (N, d): only the allowed rows of the head
+        logits = (weights * h[rows_t].to(weights.dtype)).sum(dim=-1)
         if self._bias is not None:
-            logits = logits + self._bias[index]
+            logits = logits + self._bias[ids_t]
         scores = logits.float()
         if any_bias:
-            scores = scores + prior.to(device)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        best = scores.argmax(dim=-1, keepdim=True)
-        return torch.tensor([r for r, _, _ in rows], device=device), index.gather(1, best).squeeze(1)
+            scores = scores + torch.tensor(flat_prior, dtype=torch.float32, device=device)
+        grid = torch.full((len(rows), width), float("-inf"), device=device)
+        grid[rows_t, cols_t] = scores
+        ids_grid = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        ids_grid[rows_t, cols_t] = ids_t
+        return ids_grid.gather(1, grid.argmax(dim=-1, keepdim=True)).squeeze(1)
 
     def _pick_dense(
         self, hidden: torch.Tensor, rows: list[tuple[int, Generate, list[int] | None, list[float] | None]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Full LM-head logits for these rows, one batched (R, V) mask, one masked argmax."""
         device = hidden.device
         row_index = torch.tensor([r for r, _, _, _ in rows], device=device)
@@ -162,21 +172,25 @@ class BatchSampler:
                 bv = torch.tensor([v for _, _, b in biased for v in b], dtype=torch.float32, device=device)
                 extra[br, bt] = bv
         scores = (logits + extra).masked_fill(~mask, float("-inf"))
-        return row_index, scores.argmax(dim=-1)
+        return scores.argmax(dim=-1)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _inside(self, allowed: list[int], bias: list[float] | None) -> tuple[list[int], list[float] | None]:
         """The allowed ids the LM head can score, ascending (so ties go to the lowest id), with
         their bias in the same order."""
-        if bias is not None and len(bias) != len(allowed):
+        vocab = self.vocab_size
+        if bias is None:
+            ids = sorted(t for t in allowed if 0 <= t < vocab)
+            if not ids:
+                raise RuntimeError("no allowed token lies inside the LMS vocabulary")
+            return ids, None
+        if len(bias) != len(allowed):
             raise ValueError("a step's bias needs one value per allowed token")
-        keep = [k for k, t in enumerate(allowed) if 0 <= t < self.vocab_size]
-        if not keep:
+        pairs = sorted((t, b) for t, b in zip(allowed, bias, strict=True) if 0 <= t < vocab)
+        if not pairs:
             raise RuntimeError("no allowed token lies inside the LMS vocabulary")
-        keep.sort(key=lambda k: allowed[k])
-        ids = [allowed[k] for k in keep]
-        return ids, ([bias[k] for k in keep] if bias is not None else None)
+        return [t for t, _ in pairs], [b for _, b in pairs]
 
     def _device_mask(self, mask: torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor:
         """A constant vocabulary mask on the device, cut or padded to ``vocab`` entries."""
