@@ -122,6 +122,10 @@ def markdown(report: dict[str, Any]) -> str:
                              mem.get("cuda_peak_allocated_mib"), mem.get("error") or mem.get("skipped")])
         out += _table(["process", "peak RSS MiB", "RSS after load MiB", "CUDA peak MiB", "note"], rows)
         out.append("")
+    if "constraints" in results:
+        from hyfunc.bench.constraints import markdown_section
+
+        out += markdown_section(results["constraints"])
     if report.get("errors"):
         out += ["## Errors", ""] + [f"- {k}: {v}" for k, v in report["errors"].items()] + [""]
     return "\n".join(out)

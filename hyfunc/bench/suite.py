@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-KINDS = ("latency", "throughput", "tokens", "service", "memory")
+KINDS = ("latency", "throughput", "tokens", "service", "memory", "constraints")
 DEMO_MODELS = Path("models/demo")
 
 
@@ -29,6 +29,7 @@ class BenchOptions:
     tokens_limit: int = 0
     threads: int | None = None
     seed: int = 0
+    tokenizers: dict[str, str] | None = None  # bench constraints: extra vocabularies, name -> directory
 
 
 def _demo_dir(options: BenchOptions) -> Path | None:
@@ -150,4 +151,8 @@ def _run_one(kind, options, dtype, out, cascade, inputs, demo_cascade, demo_item
             return bench_service(demo_dir, demo_items or demo_inputs(options.demo_n), jobs=options.service_jobs,
                                  device=options.device, dtype=dtype)
         return bench_service(models_dir, inputs, jobs=options.service_jobs, device=options.device, dtype=dtype)
+    if kind == "constraints":
+        from hyfunc.bench.constraints import bench_constraints
+
+        return bench_constraints(demo_dir, options.demo_n, options.tokenizers)
     raise ValueError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)} or all")

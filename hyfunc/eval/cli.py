@@ -150,6 +150,16 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_dirs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise SystemExit(f"--tokenizer expects NAME=DIR, got {value!r}")
+        out[name] = directory
+    return out
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from hyfunc.bench.suite import KINDS, BenchOptions, run_bench
 
@@ -158,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, out=Path(args.out) if args.out else None,
         per_category=args.per_category, throughput_jobs=args.throughput_jobs, service_jobs=args.service_jobs,
         demo_models=Path(args.demo_models) if args.demo_models else None, demo_n=args.demo_n,
-        tokens_limit=args.tokens_limit, threads=args.threads,
+        tokens_limit=args.tokens_limit, threads=args.threads, tokenizers=_named_dirs(args.tokenizer),
     )
     report, out = run_bench(kinds, options, log=lambda m: print(m, file=sys.stderr))
     print((out / "bench.md").read_text())
@@ -217,7 +227,7 @@ def add_eval_commands(sub) -> None:
     retrieval.set_defaults(func=cmd_eval_retrieval)
 
     bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
-    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "all"])
+    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "constraints", "all"])
     bench.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                        help="default bfloat16 on cuda, float32 on cpu")
@@ -229,4 +239,6 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--demo-n", type=int, default=32, help="demo held-out inputs (default 32)")
     bench.add_argument("--tokens-limit", type=int, default=0, help="BFCL examples per category for tokens (0 = all)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
+    bench.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR",
+                       help="bench constraints: another vocabulary to measure (repeatable)")
     bench.set_defaults(func=cmd_bench)
