@@ -108,8 +108,11 @@ def page_jobs(
             raw = cursors.verify(state.cursor_key, tenant.id, cursor)
         except cursors.BadCursor as err:
             raise ApiError(400, str(err)) from None
-    jobs, next_cursor = list_jobs(session, tenant.id, status=status, since=since, toolset=toolset, limit=limit,
-                                  cursor=raw)
+    try:
+        jobs, next_cursor = list_jobs(session, tenant.id, status=status, since=since, toolset=toolset, limit=limit,
+                                      cursor=raw)
+    except ValueError:  # signed but unreadable: only if the cursor key itself leaked
+        raise ApiError(400, "cursor is not one this API returned") from None
     signed = cursors.sign(state.cursor_key, tenant.id, next_cursor) if next_cursor else None
     return JobList(jobs=[job_to_dict(j) for j in jobs], next_cursor=signed)
 

@@ -13,7 +13,7 @@ import base64
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -90,10 +90,18 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raises ValueError for a cursor this API did not produce."""
+    """Raises ValueError for a cursor this API did not produce (the API also signs its
+    cursors; this keeps a forged one from reaching SQL with a time it cannot bind)."""
     padded = cursor + "=" * (-len(cursor) % 4)
     created, _, hex_id = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
-    return datetime.fromisoformat(created), uuid.UUID(hex_id)
+    when = datetime.fromisoformat(created)
+    if when.tzinfo is None:
+        raise ValueError("cursor time has no timezone")
+    try:
+        when = when.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("cursor time is out of range") from None
+    return when, uuid.UUID(hex_id)
 
 
 def list_jobs(

@@ -274,3 +274,16 @@ def test_concurrent_toolset_versions_are_not_a_500(env: dict[str, Any]) -> None:
         responses = list(pool.map(register, range(16)))
     assert [r.status_code for r in responses] == [201] * 16, [r.text for r in responses if r.status_code != 201]
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 17))
+
+
+def test_a_forged_but_signed_cursor_is_still_a_400(env: dict[str, Any]) -> None:
+    """Should the cursor key leak (a derived key on a password-less store URL is guessable),
+    a forged cursor with a time SQL cannot bind is still refused, not a 500."""
+    import base64
+
+    from api import cursors
+
+    raw = base64.urlsafe_b64encode(f"0001-01-01T00:00:00+01:00|{'0' * 32}".encode()).decode().rstrip("=")
+    forged = cursors.sign(env["app"].state.hyfunc.cursor_key, env["tenant"], raw)
+    r = env["client"].get("/v1/jobs", params={"cursor": forged}, headers=env["h"])
+    assert r.status_code == 400 and "cursor" in r.json()["detail"], r.text
