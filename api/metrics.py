@@ -30,7 +30,7 @@ from hyfunc.store.counters import (
     status_key,
 )
 from hyfunc.store.status import JOB_STATUSES, QUEUED
-from producer.broker import broker_depth
+from producer.broker import broker_depth, job_queues
 
 log = logging.getLogger("hyfunc.api")
 
@@ -72,9 +72,9 @@ class StoreCollector:
         depth = GaugeMetricFamily("hyfunc_queue_depth", "Jobs waiting: queued rows, and messages in the broker queue",
                                   labels=["source"])
         depth.add_metric(["database"], values.get(status_key(QUEUED), 0.0))
-        broker = broker_depth(self.celery, self.queue)
-        if broker is not None:
-            depth.add_metric(["broker"], broker)
+        depths = [broker_depth(self.celery, q) for q in job_queues(self.queue)]
+        if None not in depths:
+            depth.add_metric(["broker"], sum(d for d in depths if d is not None))
         yield depth
 
 

@@ -79,10 +79,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # so the models load once, here, before the first message is taken.
     if args.pool in ("solo", "threads"):
         get_runner(config)
-    from producer import control_queue
+    from producer import control_queue, job_queues
 
-    # The job queue, and the control queue the sweeper runs on (a job backlog cannot delay it).
-    queues = f"{config.worker.queue},{control_queue(config.worker.queue)}"
+    # The job queues (new and re-sent jobs), and the control queue the sweeper runs on, so
+    # a job backlog can delay neither a sweep nor a re-sent job.
+    queues = ",".join([*job_queues(config.worker.queue), control_queue(config.worker.queue)])
     argv = ["worker", "--pool", args.pool, "--concurrency", str(args.concurrency or config.worker.concurrency),
             "--loglevel", args.loglevel, "--queues", queues, "--without-gossip", "--without-mingle"]
     if args.name:

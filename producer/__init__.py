@@ -6,14 +6,16 @@ stays free of Celery.
 """
 
 from producer.broker import (
-           RUN_TASK,
-           SWEEP_TASK,
-           broker_depth,
-           control_queue,
-           create_celery,
-           enqueue,
+    RUN_TASK,
+    SWEEP_TASK,
+    broker_depth,
+    control_queue,
+    create_celery,
+    enqueue,
+    job_queues,
+    retry_queue,
 )
 from producer.submit import Submitted, submit_jobs
 
 __all__ = ["RUN_TASK", "SWEEP_TASK", "Submitted", "broker_depth", "control_queue", "create_celery", "enqueue",
-           "submit_jobs"]
+           "job_queues", "retry_queue", "submit_jobs"]

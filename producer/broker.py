@@ -12,7 +12,9 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from amqp.exceptions import NotFound
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from hyfunc.config import HyFuncConfig, load_config
 
@@ -25,6 +27,20 @@ log = logging.getLogger("hyfunc.producer")
 def control_queue(queue: str) -> str:
     """The sweeper's own queue: a backlog of job messages cannot delay a sweep."""
     return f"{queue}.control"
+
+
+def retry_queue(queue: str) -> str:
+    """Where the sweeper re-sends jobs (a dead worker's, or ones whose message was lost).
+
+    Workers consume it beside the job queue, and the broker serves the queues in turn, so a
+    re-sent job runs within a few batches instead of behind the whole backlog.
+    """
+    return f"{queue}.retry"
+
+
+def job_queues(queue: str) -> list[str]:
+    """Every queue a worker consumes job messages from (the gate pauses all of them)."""
+    return [queue, retry_queue(queue)]
 
 
 def create_celery(config: HyFuncConfig | None = None) -> Celery:
@@ -81,7 +97,10 @@ def broker_depth(app: Celery, queue: str) -> int | None:
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+            try:
+                return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+            except (ChannelError, NotFound):
+                return 0  # never declared: nobody has sent to it yet
     except Exception as err:  # noqa: BLE001 - unknown depth is an answer too
         log.debug("broker depth of %s unavailable: %s", queue, err)
         return None

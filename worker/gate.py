@@ -1,7 +1,7 @@
 """The consumer gate: a worker that cannot reach the database stops taking job messages.
 
 The heartbeat thread (and a failed claim) report the database's state here; a timer on
-the consumer's own event loop (kombu is not thread-safe) cancels the job-queue consumer
+the consumer's own event loop (kombu is not thread-safe) cancels the job-queue consumers
 while the database is down and adds it back when it returns. The control queue keeps
 being consumed, so the sweeper still runs. Messages already taken that could not be
 claimed are rejected with requeue (see worker.app.JobBatches), never acked.
@@ -15,12 +15,14 @@ from typing import Any
 
 from celery import bootsteps
 
+from producer.broker import job_queues
+
 log = logging.getLogger("hyfunc.worker")
 
 
 class Gate:
     def __init__(self) -> None:
-        self.queue: str | None = None
+        self.queues: list[str] = []
         self.consumer: Any = None
         self.database_ok = True
         self.paused = False
@@ -42,18 +44,20 @@ class Gate:
 
     def pause(self) -> None:
         self.report(False)
-        if self.paused or self.consumer is None or self.queue is None:
+        if self.paused or self.consumer is None or not self.queues:
             return
-        log.warning("database unreachable: no longer consuming %s", self.queue)
-        self.consumer.cancel_task_queue(self.queue)
+        log.warning("database unreachable: no longer consuming %s", ", ".join(self.queues))
+        for queue in self.queues:
+            self.consumer.cancel_task_queue(queue)
         self.paused = True
 
     def resume(self) -> None:
-        if not self.paused or self.consumer is None or self.queue is None:
+        if not self.paused or self.consumer is None or not self.queues:
             return
-        log.warning("database reachable: consuming %s again", self.queue)
-        self.consumer.app.amqp.queues.select_add(self.queue)  # selected again for later reconnects
-        self.consumer.add_task_queue(self.queue)
+        log.warning("database reachable: consuming %s again", ", ".join(self.queues))
+        for queue in self.queues:
+            self.consumer.app.amqp.queues.select_add(queue)  # selected again for later reconnects
+            self.consumer.add_task_queue(queue)
         self.paused = False
 
 
@@ -73,7 +77,7 @@ class GateStep(bootsteps.StartStopStep):
         # A restarted consumer (broker reconnect) consumes what app.amqp.queues selects;
         # a pause deselected the job queue there, so a paused gate stays paused.
         GATE.consumer = consumer
-        GATE.queue = consumer.app.conf.task_default_queue
+        GATE.queues = job_queues(consumer.app.conf.task_default_queue)
         self.tref = consumer.timer.call_repeatedly(1.0, GATE.tick)
 
     def stop(self, consumer: Any) -> None:

@@ -3,8 +3,8 @@
 1. workers whose heartbeat is older than heartbeat_misses x heartbeat_interval are marked
    dead and their running jobs go back to queued (within seconds, not after the lease);
 2. queued jobs without a message in the broker (never sent, released above, or lost with
-   the broker) are sent again — never a job whose message is fresh (see
-   hyfunc.store.jobs.jobs_to_enqueue), so a backlog does not fill with duplicates.
+   the broker) are sent again, to the retry queue — never a job whose message is fresh
+   (see hyfunc.store.jobs.jobs_to_enqueue), so a backlog does not fill with duplicates.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hyfunc.config import HyFuncConfig
 from hyfunc.store.db import transaction
 from hyfunc.store.jobs import jobs_to_enqueue, mark_enqueued, release_jobs_of
 from hyfunc.store.workers import live_workers, mark_dead
-from producer.broker import broker_depth, enqueue
+from producer.broker import broker_depth, enqueue, job_queues, retry_queue
 
 log = logging.getLogger("hyfunc.worker")
 
@@ -45,13 +45,15 @@ def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) 
     if report.dead_workers:
         log.warning("sweeper: workers %s missed their heartbeats; %d of their running jobs re-queued",
                     report.dead_workers, report.released)
-    report.broker_depth = broker_depth(celery, wc.queue)
+    depths = [broker_depth(celery, q) for q in job_queues(wc.queue)]
+    report.broker_depth = None if None in depths else sum(d for d in depths if d is not None)
     with factory() as session:
         ids = jobs_to_enqueue(session, grace_seconds=wc.requeue_grace_seconds, lease_seconds=wc.lease_seconds,
                               broker_depth=report.broker_depth, in_flight=in_flight)
     if not ids:
         return report
-    enqueue(celery, ids, wc.queue)  # a broker error propagates: the next sweep tries again
+    # The retry queue: they run within a few batches, not behind the backlog.
+    enqueue(celery, ids, retry_queue(wc.queue))  # a broker error propagates: the next sweep tries again
     with transaction(factory) as session:
         mark_enqueued(session, ids)
     report.sent = len(ids)
