@@ -54,7 +54,7 @@ class Options:
     jobs: int = 10_000
     singles: int = 1_000  # submitted one per POST /v1/jobs; the rest in batches
     batch: int = 50
-    rate: float = 45.0  # jobs/s offered
+    rate: float = 35.0  # jobs/s offered
     models: Path = ROOT / "models" / "demo"
     out: Path = ROOT / "docs" / "reliability"
     redis_port: int = 6390
@@ -419,11 +419,17 @@ class Run:
     def redis_outage(self) -> None:
         fault = Fault("Redis stopped (no persistence)", self.now(),
                       details={"broker_depth_before": self.redis.depth(self.queue)})
+        queued_at_down = {str(r[0]) for r in self.sql("SELECT id FROM jobs WHERE status='queued'")}
         self.redis.stop()
         time.sleep(self.opts.outage_s)
         self.redis.start()
         fault.end = self.now()
-        fault.details["queued_ids_at_return"] = [str(r[0]) for r in self.sql("SELECT id FROM jobs WHERE status='queued'")]
+        # Affected: jobs whose message died with Redis (queued before, still queued now) and
+        # jobs stored while it was down (never sent).
+        rows = self.sql("SELECT id, enqueued_at IS NULL FROM jobs WHERE status='queued'")
+        lost = [str(i) for i, unsent in rows if str(i) in queued_at_down or unsent]
+        fault.details["queued_ids_at_return"] = lost
+        fault.details["unsent_at_return"] = sum(1 for _, unsent in rows if unsent)
         self.faults.append(fault)
         _log(f"Redis back after {fault.end - fault.start:.0f}s; {len(fault.details['queued_ids_at_return'])} queued")
 
@@ -545,7 +551,9 @@ class Run:
             if "queued_ids_at_return" in d:
                 waiting = d.pop("queued_ids_at_return")
                 entry["affected"] = self._started_after(waiting, f.end or f.start)
-                entry["affected"]["what"] = "jobs queued when it came back: when they started (s after the return)"
+                entry["affected"]["what"] = ("jobs whose message was lost or never sent: when they started (s after "
+                                             "the return)" if f.kind.startswith("Redis") else
+                                             "jobs queued when it came back: when they started (s after the return)")
             after = q("SELECT extract(epoch FROM min(started_at)), extract(epoch FROM min(finished_at)) FROM jobs "
                       "WHERE started_at > to_timestamp(%s)", (self.epoch0 + (f.end or f.start),))[0]
             entry["first_job_started_after_s"] = None if after[0] is None else round(
