@@ -298,9 +298,10 @@ def compare_retrievers(
     batch_size: int = 32,
     thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Retrieval only, several retrievers in one run: recall@1 / @3 of each example's gold
-    functions among its own candidates (examples with more than one tool), for each retriever
-    and for BM25, on the same intent vectors (computed once). With a retriever's relevance
+    """Retrieval only, several retrievers in one run: recall@1 / @3 (and R-precision: recall in
+    the top g for g gold functions) of each example's gold functions among its own candidates
+    (examples with more than one tool), for each retriever and for BM25, on the same intent
+    vectors (computed once). With a retriever's relevance
     threshold, also `gate_pass`: the share of questions whose best candidate clears it (all
     questions of the category; on a no-call category such as irrelevance lower is right)."""
     import torch
@@ -345,5 +346,8 @@ def compare_retrievers(
                     f"recall@{k}": round(sum(_recall(rk, g, k) for rk, g in zip(ranked, golds, strict=True)) / len(multi), 4)
                     for k in (1, 3)
                 }
+                # recall@1 of a question with g gold functions is at most 1/g; R-precision looks at the top g
+                entry[label]["r_precision"] = round(
+                    sum(_recall(rk, g, len(g)) for rk, g in zip(ranked, golds, strict=True)) / len(multi), 4)
         out[category] = entry
     return out

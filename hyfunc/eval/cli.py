@@ -140,13 +140,13 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    print("| category | questions | retriever | recall@1 | recall@3 | gate pass |")
-    print("|---|---|---|---|---|---|")
+    print("| category | questions | retriever | recall@1 | recall@3 | R-precision | gate pass |")
+    print("|---|---|---|---|---|---|---|")
     for category, entry in results["categories"].items():
         for label in [*retrievers, "bm25"]:
             recall = entry.get(label, {})
             gate = entry.get("gate_pass", {}).get(label, "–")
-            print(f"| {category} | {entry['questions']} | {label} | {recall.get('recall@1', '–')} | {recall.get('recall@3', '–')} | {gate} |")
+            print(f"| {category} | {entry['questions']} | {label} | {recall.get('recall@1', '–')} | {recall.get('recall@3', '–')} | {recall.get('r_precision', '–')} | {gate} |")
     return 0
 
 

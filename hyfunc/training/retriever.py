@@ -236,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--per-tool", type=int, default=2, help="generated queries per tool")
-    parser.add_argument("--limit", type=int, help="use the first N examples only (a smoke run)")
+    parser.add_argument("--limit", type=int, help="a random N of the examples (a short CPU run)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these matrices are small, and on a shared CPU more threads only contend)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from hyfunc.models.bundle import save_module
     from hyfunc.training.embed import embed_all

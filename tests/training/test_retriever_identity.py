@@ -116,7 +116,7 @@ def test_compare_retrievers_in_one_run_with_bm25():
     entry = out["multiple"]
     assert entry["examples"] == 12 and entry["questions"] == 12
     assert entry["gate_pass"] == {"identity": 1.0, "negated": 0.0}  # cosine 1 vs at most 0
-    assert entry["identity"] == {"recall@1": 1.0, "recall@3": 1.0}
+    assert entry["identity"] == {"recall@1": 1.0, "recall@3": 1.0, "r_precision": 1.0}
     assert entry["negated"]["recall@1"] == 0.0
     assert 0.0 <= entry["bm25"]["recall@1"] <= 1.0
 
