@@ -229,3 +229,29 @@ def test_timings_add_up(cascade: Cascade) -> None:
         assert t["program"] > 0 and t["sample"] > 0 and t["lms_prefill"] > 0
     # The last job to finish was inside the cascade for (nearly) the whole run.
     assert max(r.timings_ms.total for r in results) >= 0.9 * wall_ms
+
+
+def test_nested_array_job_fails_alone_in_cascade_run(tiny_config) -> None:
+    """The hostile schema end to end: arrays nested 8 deep, a model that never closes one while it
+    may go on (steered, as a random model closes them at once), max_array_items 8 — unbounded,
+    8**8 items. With cascade.max_job_tokens it fails alone and its neighbours are unaffected."""
+    from test_continuous import close_ids_of, nested_array_tool, never_close_arrays
+
+    tiny_config.cascade.max_array_items = 8
+    tiny_config.cascade.max_job_tokens = 200
+    cascade = Cascade.load(tiny_config)
+    grid = nested_array_tool(8)
+    close = close_ids_of(cascade.bundle.lms_tokenizer)
+    build = cascade.machine.program
+
+    def steered(candidates, **kwargs):
+        program = build(candidates, **kwargs)
+        return never_close_arrays(program, close) if candidates[0].name == grid.name else program
+
+    cascade.machine.program = steered  # type: ignore[method-assign]
+    neighbours = [REQUESTS[0], REQUESTS[4]]
+    alone = [cascade.run([r])[0] for r in neighbours]
+    results = cascade.run([neighbours[0], request("fill the grid", [grid], "grid"), neighbours[1]])
+    assert results[1].error == "generated-token budget cascade.max_job_tokens=200 exceeded"
+    assert results[1].calls == [] and results[1].tokens.generated == 200
+    assert comparable(results[0]) == comparable(alone[0]) and comparable(results[2]) == comparable(alone[1])

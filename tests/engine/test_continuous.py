@@ -158,10 +158,15 @@ def never_close_arrays(program: Program, close_ids: set[int]) -> Program:
         return stop.value
 
 
+def close_ids_of(tokenizer) -> set[int]:
+    """Every token that would close an array ("]", "]]", " ]", ...)."""
+    return {t for t in range(len(tokenizer)) if tokenizer.decode([t]).lstrip().startswith("]")}
+
+
 def hostile_job(bundle, machine, seed: int = 0) -> DecodeJob:
     grid = nested_array_tool(8)
     tokenizer = bundle.lms_tokenizer
-    close_ids = {t for t in range(len(tokenizer)) if tokenizer.decode([t]).lstrip().startswith("]")}
+    close_ids = close_ids_of(tokenizer)
     soft = torch.randn(1, bundle.lms_dim, generator=torch.Generator().manual_seed(seed))
     prompt = tokenizer.encode(lms_job_prompt("fill the grid", [grid], 1), add_special_tokens=False)
     return DecodeJob(prompt, soft, never_close_arrays(machine.program([grid]), close_ids))
