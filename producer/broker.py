@@ -30,7 +30,7 @@ def control_queue(queue: str) -> str:
 
 
 def retry_queue(queue: str) -> str:
-    """Where the sweeper re-sends jobs (a dead worker's, or ones whose message was lost).
+    """Where the sweeper re-sends a dead worker's jobs.
 
     Workers consume it beside the job queue, and the broker serves the queues in turn, so a
     re-sent job runs within a few batches instead of behind the whole backlog.

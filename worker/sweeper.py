@@ -3,8 +3,9 @@
 1. workers whose heartbeat is older than heartbeat_misses x heartbeat_interval are marked
    dead and their running jobs go back to queued (within seconds, not after the lease);
 2. queued jobs without a message in the broker (never sent, released above, or lost with
-   the broker) are sent again, to the retry queue — never a job whose message is fresh
-   (see hyfunc.store.jobs.jobs_to_enqueue), so a backlog does not fill with duplicates.
+   the broker) are sent again — never a job whose message is fresh (see
+   hyfunc.store.jobs.jobs_to_enqueue), so a backlog does not fill with duplicates. The
+   released ones go to the retry queue, which workers serve in turn with the job queue.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) 
     report = SweepReport()
     with transaction(factory) as session:
         report.dead_workers = mark_dead(session, stale_after_seconds=stale_after)
-        report.released = len(release_jobs_of(session, report.dead_workers))
+        released = set(release_jobs_of(session, report.dead_workers))
+        report.released = len(released)
         # Messages live workers hold unclaimed (their prefetch buffers, as of their last
         # beat) are in neither the broker's count nor lost.
         in_flight = sum(w.reserved for w in live_workers(session, stale_after_seconds=stale_after))
@@ -52,8 +54,12 @@ def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) 
                               broker_depth=report.broker_depth, in_flight=in_flight)
     if not ids:
         return report
-    # The retry queue: they run within a few batches, not behind the backlog.
-    enqueue(celery, ids, retry_queue(wc.queue))  # a broker error propagates: the next sweep tries again
+    # A dead worker's jobs go to the retry queue: few, already waited once, they run within
+    # a few batches instead of behind the backlog. The rest (never sent, or lost with the
+    # broker, possibly thousands) join the job queue as new work does.
+    # A broker error propagates: the next sweep tries again.
+    enqueue(celery, [i for i in ids if i in released], retry_queue(wc.queue))
+    enqueue(celery, [i for i in ids if i not in released], wc.queue)
     with transaction(factory) as session:
         mark_enqueued(session, ids)
     report.sent = len(ids)
