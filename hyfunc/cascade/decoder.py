@@ -160,6 +160,8 @@ class ContinuousDecoder:
         admitted, early = sched.admit()
         prefix = decoder.shared_prefix()
         start_kvs = [kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted]
+        for row in admitted:
+            row.match = None  # its KV now lives in start_kvs; do not pin cache tensors for the row's life
         t1 = time.perf_counter()
         for row in [*admitted, *early]:
             row.stats.wait_ms = (t0 - self._since.pop(row.key)) * 1000
