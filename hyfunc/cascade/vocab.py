@@ -45,11 +45,12 @@ def vocabulary_kind(tokenizer: Any, pieces: list[str | None]) -> str:
     """"byte_level", "sentencepiece" or "other", from the tokenizer's decoder when it says so,
     else from the pieces themselves (the whole vocabulary, not a sample)."""
     decoder_types: set[str] = set()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        try:
-            spec = json.loads(backend.to_str()).get("decoder") or {}
-        except (ValueError, AttributeError):
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    spec: Any = {}
+    if decoder is not None:
+        try:  # the decoder's own JSON, not the whole tokenizer's (which holds every merge)
+            spec = json.loads(decoder.__getstate__())
+        except (ValueError, TypeError, AttributeError):
             spec = {}
         stack = [spec]
         while stack:
@@ -76,9 +77,10 @@ def piece_bytes(piece: str, kind: str) -> bytes | None:
     """A token piece's raw bytes for a vocabulary kind (None when the kind cannot say)."""
     if kind == "byte_level":
         alphabet = _byte_level_decoder()
-        if all(ch in alphabet for ch in piece):
-            return bytes(alphabet[ch] for ch in piece)
-        return None
+        try:
+            return bytes([alphabet[ch] for ch in piece])
+        except KeyError:
+            return None
     if kind == "sentencepiece":
         byte = _BYTE_FALLBACK.fullmatch(piece)
         if byte:
