@@ -118,11 +118,12 @@ class BatchSampler:
                 flat_prior.extend([0.0] * len(ids))
         ids_t, rows_t, cols_t = torch.tensor([flat_ids, flat_rows, flat_cols], dtype=torch.long, device=device)
         h = hidden[torch.tensor([r for r, _, _ in rows], device=device)]
-        weights = self._weight[ids_t]  # (N, d): only the allowed rows of the head
-        logits = (weights * h[rows_t].to(weights.dtype)).sum(dim=-1)
+        # (N, d): only the allowed rows of the head. Products and sums in float32, as a matmul
+        # accumulates them, even when the model runs in bfloat16.
+        weights = self._weight[ids_t].float()
+        scores = (weights * h[rows_t].float()).sum(dim=-1)
         if self._bias is not None:
-            logits = logits + self._bias[ids_t]
-        scores = logits.float()
+            scores = scores + self._bias[ids_t].float()
         if any_bias:
             scores = scores + torch.tensor(flat_prior, dtype=torch.float32, device=device)
         grid = torch.full((len(rows), width), float("-inf"), device=device)

@@ -131,3 +131,19 @@ def test_sparse_rows_skip_the_full_head() -> None:
     with torch.inference_mode():
         picks = sampler.pick(torch.randn(4, WIDTH), [Generate([1, 2, 3]), Generate([7]), Generate([5, 9]), Generate([4, 8])])
     assert CountingHead.calls == 0 and picks[1] == 7
+
+
+def test_bfloat16_batched_equals_one_at_a_time() -> None:
+    """A bfloat16 model: each row's pick is still independent of its batch."""
+    rng = random.Random(7)
+    torch.manual_seed(7)
+    head = nn.Linear(WIDTH, VOCAB, bias=False).to(torch.bfloat16)
+    masks = [torch.rand(VOCAB) < 0.5]
+    steps = random_steps(rng, 20, masks)
+    hidden = torch.randn(20, WIDTH, dtype=torch.bfloat16)
+    sampler = BatchSampler(head, VOCAB)
+    with torch.inference_mode():
+        batched = sampler.pick(hidden, steps)
+        alone = [sampler.pick(hidden[r : r + 1], [steps[r]])[0] for r in range(20)]
+    assert batched == alone
+    assert all(step.permits(token) for step, token in zip(steps, batched, strict=True))
