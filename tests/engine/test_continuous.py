@@ -248,3 +248,42 @@ def test_bench_rows_for_continuous_batching_and_prefix_reuse(cascade) -> None:
     assert served["reused_per_job"] > 0
     assert served["computed_per_job"] + served["reused_per_job"] == pytest.approx(served["prompt_tokens_per_job"], abs=0.2)
     assert prefix["computed_over_today"] < 1
+
+
+def test_runner_matches_a_plain_forward(tiny_bundle, tiny_decoder) -> None:
+    """The runner alone: rows added from a prefix KV, prefilled apart and merged into a running
+    batch, ragged appends, dropped rows — each row's hidden state equals one plain forward over
+    its whole token sequence, and row_kv returns the KV the model computed for its tokens."""
+    from hyfunc.cascade.runner import TransformersRunner
+
+    model = tiny_bundle.lms
+    prefix = [5, 6, 7, 8]
+    seqs = {"a": prefix + [11, 12, 13], "b": prefix + [21], "c": prefix + [31, 32, 33, 34, 35]}
+
+    def plain(ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+
+    runner = TransformersRunner(model, tiny_decoder.pad_id, tiny_decoder.soft_id, tiny_bundle.device)
+    start = runner.encode_prefix(prefix)
+    hidden = runner.prefill([start, start], [seqs["a"][4:], seqs["b"][4:]], [None, None])
+    assert torch.allclose(hidden[0], plain(seqs["a"]), atol=1e-5)
+    assert torch.allclose(hidden[1], plain(seqs["b"]), atol=1e-5)
+    seqs["a"].append(14)
+    seqs["b"] += [22, 23]
+    hidden = runner.forward([[14], [22, 23]], [None, None])  # ragged: one row padded
+    assert torch.allclose(hidden[1], plain(seqs["b"]), atol=1e-5)
+    joined = runner.prefill([start], [seqs["c"][4:]], [None])  # joins the running batch
+    assert torch.allclose(joined[0], plain(seqs["c"]), atol=1e-5)
+    runner.keep_rows([0, 2])  # "b" leaves
+    seqs["a"].append(15)
+    seqs["c"].append(36)
+    hidden = runner.forward([[15], [36]], [None, None])
+    assert torch.allclose(hidden[0], plain(seqs["a"]), atol=1e-5)
+    assert torch.allclose(hidden[1], plain(seqs["c"]), atol=1e-5)
+    # The KV of row "c"'s tokens 4..9 as a fresh single-row run computes it.
+    kv = runner.row_kv(1, 4, 9)
+    alone = TransformersRunner(model, tiny_decoder.pad_id, tiny_decoder.soft_id, tiny_bundle.device)
+    full = alone.encode_prefix(seqs["c"][:9])
+    for (k, v), (fk, fv) in zip(kv, full, strict=True):
+        assert torch.allclose(k, fk[:, 4:9], atol=1e-5) and torch.allclose(v, fv[:, 4:9], atol=1e-5)
