@@ -353,17 +353,42 @@ def test_post_while_the_broker_is_down_is_stored_queued_and_says_so(pg_url: str,
     assert report.sent >= 2 and queue_length(redis_url, queue) >= 2
 
 
-def test_metrics_behind_a_token(pg_url: str, tmp_path: Path) -> None:
+def test_metrics_behind_a_token_and_never_scanning_jobs(pg_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import event
+
     from api.app import create_app
+    from hyfunc.store.db import get_engine
 
     config, _ = write_config(tmp_path / "c.yaml", store={"url": pg_url}, api={"metrics_token": "m-token"},
                              worker={"broker_url": UNREACHABLE_REDIS})
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = get_engine(pg_url)
     with TestClient(create_app(config)) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        r = c.get("/metrics", headers={"Authorization": "Bearer m-token"})
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            r = c.get("/metrics", headers={"Authorization": "Bearer m-token"})
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
         assert r.status_code == 200 and 'hyfunc_jobs{status="queued"}' in r.text
         assert 'hyfunc_stage_latency_ms_bucket{le="+Inf",stage="queue_wait"}' in r.text
+    # A scrape reads the counters table only: never the jobs table, however large.
+    assert statements and all("counters" in st and "jobs" not in st.lower() for st in statements), statements
+
+
+def test_sweeps_run_on_their_own_queue(tmp_path: Path) -> None:
+    from producer import SWEEP_TASK, control_queue, job_queues
+
+    config, _ = write_config(tmp_path / "c.yaml", worker={"queue": "q1", "broker_url": UNREACHABLE_REDIS})
+    app = create_celery(config)
+    assert app.amqp.router.route({}, SWEEP_TASK)["queue"].name == control_queue("q1") == "q1.control"
+    assert app.conf.beat_schedule["hyfunc-sweep"]["options"]["queue"] == "q1.control"
+    assert job_queues("q1") == ["q1", "q1.retry"]
 
 
 def test_export_failing_mid_stream_is_visible_to_the_client(pg_url: str, tmp_path: Path,
