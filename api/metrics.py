@@ -8,11 +8,16 @@ reads a few dozen rows, never the jobs table, however large it grows.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
+from typing import Annotated, Any
 
 from celery import Celery
-from prometheus_client import CollectorRegistry
+from fastapi import FastAPI, Header, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -82,3 +87,26 @@ def make_registry(sessions: sessionmaker[Session], celery: Celery, queue: str) -
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(sessions, celery, queue))  # type: ignore[arg-type]
     return registry
+
+
+def token_ok(token: str | None, authorization: str | None) -> bool:
+    """No token configured, or `Authorization: Bearer <token>` (compared in constant time)."""
+    if not token:
+        return True
+    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def create_metrics_app(state: Any) -> FastAPI:
+    """/metrics alone, for `api.metrics_port` (the API's own /metrics then answers 404)."""
+    app = FastAPI(title="HyFunc metrics", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/metrics")
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not token_ok(state.config.api.metrics_token, authorization):
+            return JSONResponse({"detail": "metrics need `Authorization: Bearer <api.metrics_token>`"},
+                                status_code=401)
+        data = await run_in_threadpool(generate_latest, state.metrics_registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    return app

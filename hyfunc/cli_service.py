@@ -64,8 +64,24 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     config = _config(args)
-    uvicorn.run(create_app(config), host=args.host or config.api.host, port=args.port or config.api.port,
-                log_level=args.loglevel)
+    host = args.host or config.api.host
+    app = create_app(config)
+    if config.api.metrics_port is None:
+        uvicorn.run(app, host=host, port=args.port or config.api.port, log_level=args.loglevel)
+        return 0
+    import asyncio
+
+    from api.metrics import create_metrics_app
+
+    # Two servers in one process: the API, and /metrics alone on api.metrics_port.
+    servers = [uvicorn.Server(uvicorn.Config(a, host=host, port=p, log_level=args.loglevel))
+               for a, p in ((app, args.port or config.api.port),
+                            (create_metrics_app(app.state.hyfunc), config.api.metrics_port))]
+
+    async def serve() -> None:
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    asyncio.run(serve())
     return 0
 
 

@@ -102,6 +102,9 @@ class ApiConfig(BaseModel):
     # /metrics carries every tenant's job counts: when set, it answers only
     # `Authorization: Bearer <metrics_token>` (also $HYFUNC_METRICS_TOKEN).
     metrics_token: str | None = None
+    # When set, /metrics is served on this port only (same host; `hyfunc api` runs both
+    # servers), so the API port never exposes it.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # HMAC key for list cursors; None derives one from store.url (same for every replica).
     cursor_secret: str | None = None
 

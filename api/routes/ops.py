@@ -3,12 +3,12 @@
 /healthz never echoes a driver's error (it would carry hosts, ports, user names): a
 dependency is "ok" or "unreachable". It answers 503 when the database or the broker is
 unreachable, or when no worker has sent a heartbeat recently (jobs would only queue up).
-/metrics answers only `Authorization: Bearer <api.metrics_token>` when that is set.
+/metrics answers only `Authorization: Bearer <api.metrics_token>` when that is set, and
+only on its own port (api/metrics.py: create_metrics_app) when api.metrics_port is set.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated, Any
 
@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import StateDep
 from api.errors import ApiError
+from api.metrics import token_ok
 from hyfunc.store.workers import live_workers
 
 router = APIRouter(tags=["ops"])
@@ -57,13 +58,13 @@ async def healthz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response,
-            responses={401: {"description": "api.metrics_token is set and the bearer token is missing or wrong"}})
+            responses={401: {"description": "api.metrics_token is set and the bearer token is missing or wrong"},
+                       404: {"description": "api.metrics_port is set: metrics are served on that port only"}})
 async def metrics(state: StateDep,
                   authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
-    token = state.config.api.metrics_token
-    if token:
-        given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
+    if state.config.api.metrics_port is not None:
+        raise ApiError(404, "metrics are served on api.metrics_port, not on the API's port")
+    if not token_ok(state.config.api.metrics_token, authorization):
+        raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
     data = await run_in_threadpool(generate_latest, state.metrics_registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -381,6 +381,22 @@ def test_metrics_behind_a_token_and_never_scanning_jobs(pg_url: str, tmp_path: P
     assert statements and all("counters" in st and "jobs" not in st.lower() for st in statements), statements
 
 
+def test_metrics_on_their_own_port(pg_url: str, tmp_path: Path) -> None:
+    from api.app import create_app
+    from api.metrics import create_metrics_app
+
+    config, _ = write_config(tmp_path / "c.yaml", store={"url": pg_url}, worker={"broker_url": UNREACHABLE_REDIS},
+                             api={"metrics_port": 9109, "metrics_token": "t"})
+    app = create_app(config)
+    with TestClient(app) as c:
+        assert c.get("/metrics", headers={"Authorization": "Bearer t"}).status_code == 404
+    with TestClient(create_metrics_app(app.state.hyfunc)) as m:
+        assert m.get("/metrics").status_code == 401
+        r = m.get("/metrics", headers={"Authorization": "Bearer t"})
+        assert r.status_code == 200 and "hyfunc_jobs" in r.text
+        assert m.get("/v1/jobs").status_code == 404 and m.get("/openapi.json").status_code == 404
+
+
 def test_sweeps_run_on_their_own_queue(tmp_path: Path) -> None:
     from producer import SWEEP_TASK, control_queue, job_queues
 
