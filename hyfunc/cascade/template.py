@@ -46,7 +46,9 @@ CALL_NEXT = '\n<tool_call>\n{"name": "'
 ARGS_OPEN = ', "arguments": '
 CALL_CLOSE = "}\n</tool_call>"
 END_OF_ANSWER = "<|im_end|>"
-_TEMPLATE_TEXTS = frozenset({CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER})
+# Where a tokenizer has no "<|im_end|>" token (Gemma), the answer ends with its own end of turn.
+END_OF_ANSWER_FALLBACKS = ("<end_of_turn>",)
+_TEMPLATE_TEXTS = frozenset({CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER, *END_OF_ANSWER_FALLBACKS})
 
 
 @dataclass
@@ -121,12 +123,20 @@ class TemplateMachine:
         self._source: bytes | None = None  # set on a per-job view when copy_values is on
         self._spans: CopySpans | None = None
         self._number_literals: Counter[str] = Counter()
-        for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER):
+        self.end_text = self._end_text()
+        for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE):
             if not self.encode(text):
                 raise ValueError(f"tokenizer cannot encode template text {text!r}")
-        eos = self.encode(END_OF_ANSWER)
-        if len(eos) != 1:
-            raise ValueError(f"{END_OF_ANSWER} must be a single special token in the LMS tokenizer")
+
+    def _end_text(self) -> str:
+        """The single special token that ends an answer: ChatML's "<|im_end|>", else the
+        tokenizer's end of turn (Gemma's "<end_of_turn>")."""
+        for text in (END_OF_ANSWER, *END_OF_ANSWER_FALLBACKS):
+            ids = self.encode(text)
+            if len(ids) == 1 and self.vocab.token_bytes[ids[0]] is None:
+                return text
+        wanted = " or ".join((END_OF_ANSWER, *END_OF_ANSWER_FALLBACKS))
+        raise ValueError(f"{wanted} must be a single special token in the LMS tokenizer")
 
     # -- tokenisation -------------------------------------------------------------------------
 
@@ -329,9 +339,9 @@ class TemplateMachine:
             if len(calls) >= self.limits.max_calls:
                 if more_gold == 0:
                     raise TemplateError(f"gold answer has more than max_calls={self.limits.max_calls} calls")
-                yield Inject(self.encode(END_OF_ANSWER))
+                yield Inject(self.encode(self.end_text))
                 return calls
-            choice = yield from self._choose([self.encode(CALL_NEXT), self.encode(END_OF_ANSWER)], more_gold)
+            choice = yield from self._choose([self.encode(CALL_NEXT), self.encode(self.end_text)], more_gold)
             if choice == 1:
                 return calls
 

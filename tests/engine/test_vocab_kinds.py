@@ -155,3 +155,26 @@ def test_random_answers_are_valid_json(kind, seed) -> None:
         validate_call(call, [tools[call.name]])
         if "\ufffd" not in text:  # values equal their bytes unless a random pick split a character
             assert obj == call.model_dump()
+
+
+@pytest.mark.parametrize("base", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_pulled_base_vocabularies(base) -> None:
+    """The real vocabularies (49k byte-level, 262k SentencePiece) when their bases are pulled:
+    exact encodings, teacher sequences that replay and render to the gold JSON, copy mode."""
+    from transformers import AutoTokenizer
+
+    from hyfunc.models.cache import base_dir, read_marker
+
+    directory = base_dir(base)
+    if read_marker(directory) is None:
+        pytest.skip(f"{base} is not pulled (`hyfunc models pull {base}`)")
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    machine = TemplateMachine(tokenizer, MachineLimits(copy_values=True))
+    for text in TEXTS:
+        assert machine.vocab.render(machine.encode(text)) == text.encode("utf-8"), text
+    query = "what is the weather in New York for 3 days; email bob@example.com, subject Quarterly report"
+    for gold in GOLD:
+        record = machine.teacher(ALL_TOOLS, gold, source=query)
+        assert machine.replay(ALL_TOOLS, [t for t, g in zip(record.ids, record.generated, strict=True) if g]) == gold
+        text = machine.vocab.render(record.ids).decode("utf-8").replace(machine.end_text, "<|im_end|>")
+        assert parse_answer(text) == [c.model_dump() for c in gold]
