@@ -66,6 +66,7 @@ class Options:
     pg_at: float = 140.0
     timeout_s: float = 1800.0
     runner: str = "demo"  # demo: the shipped demo models; fast: FastRunner (no model)
+    command: str = "python scripts/reliability.py"  # as run, for the report
 
 
 def _log(msg: str) -> None:
@@ -566,7 +567,7 @@ class Run:
         worker_logs = "".join(w.log.read_text(errors="replace") for w in self.workers)
         report = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": "python scripts/reliability.py" + (" --runner fast" if o.runner == "fast" else ""),
+            "command": o.command,
             "runner": o.runner,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()},
             "jobs": {"accepted_by_api": len(self.accepted), "rows": totals[0], "distinct_client_ids": totals[1],
@@ -721,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     o = Options(jobs=args.jobs, singles=min(Options.singles, args.jobs // 10), rate=args.rate, out=Path(args.out),
                 models=Path(args.models), outage_s=args.outage,
                 kills_at=tuple(t * args.scale for t in Options.kills_at), redis_at=Options.redis_at * args.scale,
-                pg_at=Options.pg_at * args.scale, runner=args.runner)
+                pg_at=Options.pg_at * args.scale, runner=args.runner,
+                command=" ".join(["python scripts/reliability.py", *(argv if argv is not None else sys.argv[1:])]))
     run = Run(o)
 
     def _terminate(_signum: int, _frame: Any) -> None:
