@@ -104,7 +104,6 @@ class TokenRecord:
     allowed: list[list[int] | None] = field(default_factory=list)
 
 
-
 _ALT = object()  # a value writer returns this when an alternative (e.g. "]") was chosen instead
 
 
