@@ -318,3 +318,33 @@ def test_selective_sft_trains_only_lora_and_the_projector_and_starts_from_the_ba
     assert any(float(g.abs().sum()) > 0 for g in lora_grads)
     assert all(p.grad is None for n, p in wrapped.named_parameters() if "lora_" not in n)
     assert all(p.grad is not None for p in projector.parameters())
+
+
+def test_training_ships_the_adapter_for_a_base_and_the_merged_model_otherwise(base_models, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hyfunc.models.pull import resolve_base
+    from hyfunc.models.soft_slot import ensure_soft_slot
+    from hyfunc.training.lms import LMSTrainConfig, apply_lora
+    from hyfunc.training.pipeline import Recipe, _save_lms
+
+    base_dir = resolve_base("base:fake-base")
+    cfg = LMSTrainConfig(lora=True, lora_rank=4)
+
+    def wrapped():
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+        ensure_soft_slot(tokenizer, model)
+        return apply_lora(model, cfg), tokenizer
+
+    model, tokenizer = wrapped()
+    out = tmp_path / "out-base"
+    assert _save_lms(Recipe(lms_init="base:fake-base", lms=cfg), model, tokenizer, out) == ("base:fake-base", "lms_adapter")
+    assert (out / "lms_adapter" / "adapter_config.json").is_file() and not (out / "lms").exists()
+
+    model, tokenizer = wrapped()
+    out = tmp_path / "out-local"
+    assert _save_lms(Recipe(lms_init=str(base_dir), lms=cfg), model, tokenizer, out) == ("lms", None)
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "lms"))
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert "<|soft|>" in AutoTokenizer.from_pretrained(str(out / "lms")).get_vocab()
