@@ -68,3 +68,13 @@ def _tiny(directory):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(directory / "lms"))
+
+
+def test_cli_parses_bench_constraints() -> None:
+    from hyfunc.cli import build_parser
+    from hyfunc.eval.cli import _named_dirs
+
+    args = build_parser().parse_args(["bench", "constraints", "--tokenizer", "gemma=/x/y", "--tokenizer", "b=c"])
+    assert args.kind == "constraints" and _named_dirs(args.tokenizer) == {"gemma": "/x/y", "b": "c"}
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        _named_dirs(["no-equals-sign"])
