@@ -50,6 +50,10 @@ class CascadeConfig(BaseModel):
     max_call_tokens: int | None = Field(default=1024, ge=1)
     # LMS prompt KV kept in the radix prefix cache (candidate schemas shared across jobs), bytes; 0: off.
     prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
+    # Order of the candidate schemas in the LMS prompt: canonical (by content hash; the same set
+    # always shares a token prefix, so the prefix cache reuses it) or retrieval (best first, what
+    # LMS checkpoints trained before canonical training prompts saw).
+    prompt_order: str = Field(default="canonical", pattern="^(canonical|retrieval)$")
     index_dir: str | None = None  # function index cache; default: <models.dir>/index
 
 

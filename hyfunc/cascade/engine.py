@@ -123,11 +123,12 @@ class Cascade:
         for j, i in enumerate(selected):
             candidates = [hit.tool for hit in hits[i]]
             soft = projected[j] if projected is not None else None
-            # Schemas in a canonical order: jobs with the same candidates share a token prefix,
-            # whose KV the prefix cache then reuses. The program keeps the retrieval order.
+            # Schemas in a canonical order (cascade.prompt_order): jobs with the same candidates
+            # share a token prefix, whose KV the prefix cache then reuses. The program keeps the
+            # retrieval order either way.
             prompt = lms_job_prompt(
                 requests[i].query,
-                canonical_order(candidates),
+                canonical_order(candidates) if self.config.prompt_order == "canonical" else candidates,
                 soft.shape[0] if soft is not None else 0,
                 tokenizer=self.bundle.lms_tokenizer,
             )

@@ -178,6 +178,7 @@ def test_same_candidates_in_any_order_share_the_prompt_prefix(tiny_config) -> No
     from hyfunc.cascade.prompts import lms_job_prompt
 
     tiny_config.cascade.top_k = 3
+    tiny_config.cascade.prompt_order = "canonical"
     cascade = Cascade.load(tiny_config)
     first = request("convert dollars", [CONVERT, WEATHER, PING], "a")
     second = request("what is the weather like in Lisbon today", [PING, WEATHER, CONVERT], "b")
@@ -255,3 +256,30 @@ def test_nested_array_job_fails_alone_in_cascade_run(tiny_config) -> None:
     assert results[1].error == "generated-token budget cascade.max_job_tokens=200 exceeded"
     assert results[1].calls == [] and results[1].tokens.generated == 200
     assert comparable(results[0]) == comparable(alone[0]) and comparable(results[2]) == comparable(alone[1])
+
+
+def test_prompt_order_retrieval_keeps_the_ranking(tiny_config) -> None:
+    """cascade.prompt_order: retrieval renders the candidates best first (as LMS checkpoints trained
+    before canonical prompts saw them); canonical sorts them by content hash."""
+    from hyfunc.cascade.engine import canonical_order
+
+    seen: list[list[str]] = []
+    for order in ("retrieval", "canonical"):
+        tiny_config.cascade.prompt_order = order
+        cascade = Cascade.load(tiny_config)
+        prompts: list[list[int]] = []
+        decode = cascade.decoder.stream
+
+        def spy(jobs, _prompts=prompts, _decode=decode, **kwargs):
+            jobs = list(jobs)
+            _prompts.extend(job.prompt_ids for job in jobs)
+            return _decode(iter(jobs), **kwargs)
+
+        cascade.decoder.stream = spy  # type: ignore[method-assign]
+        (result,) = cascade.run([REQUESTS[3]])
+        ranked = [t for name in (c.name for c in result.candidates) for t in ALL_TOOLS if t.name == name]
+        tools = ranked if order == "retrieval" else canonical_order(ranked)
+        text = cascade.bundle.lms_tokenizer.decode(prompts[0])
+        seen.append([t.name for t in sorted(tools, key=lambda t: text.index(t.name + "{"))])
+        assert seen[-1] == [t.name for t in tools]
+    assert sorted(seen[0]) == sorted(seen[1])
