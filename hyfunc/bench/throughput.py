@@ -280,3 +280,52 @@ def bench_prefix(cascade, jobs: int = 1000, toolsets: int = 5, per_set: int = 10
     result["prefill_time_over_today"] = r(served["prefill_ms_per_job"] / base["prefill_ms_per_job"], 3)
     result["target_computed_over_today"] = 0.3
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hyfunc.bench.throughput continuous|prefix [--models DIR] ...`: one row on its own
+    (`hyfunc bench throughput` runs both with the batch-size sweep). Without --models: the
+    random-init bench models (forced decoding); with a trained models directory: free decoding."""
+    import argparse
+    import json
+    import tempfile
+
+    import torch
+
+    from hyfunc.bench.runs import load_cascade
+    from hyfunc.bench.workload import (
+        bench_corpus,
+        bfcl_inputs,
+        demo_inputs,
+        expressible,
+        write_bench_models,
+    )
+
+    parser = argparse.ArgumentParser(prog="python -m hyfunc.bench.throughput")
+    parser.add_argument("row", choices=("continuous", "prefix"))
+    parser.add_argument("--models", type=Path, help="a trained models directory (default: random-init bench models)")
+    parser.add_argument("--jobs", type=int, default=None, help="default: 64 (continuous), 1000 (prefix)")
+    parser.add_argument("--rows", type=int, default=None, help="decoder rows; default: 8 (continuous), 16 (prefix)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="hyfunc-bench-models-") as tmp:
+        if args.models is None:
+            models = Path(tmp) / "bench"
+            write_bench_models(models, bench_corpus(bfcl_inputs(0)), seed=0)
+            cascade = load_cascade(models, "cpu", "float32")
+            inputs, _ = expressible(bfcl_inputs(5, 0), cascade.machine)
+        else:
+            cascade = load_cascade(args.models, "cpu", "float32")
+            inputs = demo_inputs(32)
+        if args.row == "continuous":
+            out = bench_continuous(cascade, inputs, args.jobs or 64, rows=args.rows or 8, free=args.models is not None)
+        else:
+            out = bench_prefix(cascade, args.jobs or 1000, rows=args.rows or 16)
+    out["threads"] = torch.get_num_threads()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
