@@ -69,7 +69,9 @@ def test_forced_cascade_writes_gold_with_exact_counts(cascade):
         assert row.stats.generated == sum(record.generated)
         assert row.stats.injected == len(record.ids) - sum(record.generated)
         s = row.stats
-        assert s.fed_tokens == s.prompt_tokens + s.injected + s.generated - 1
+        # Prompt tokens the prefix cache held (this batch ran before) are reused, not fed again.
+        assert s.prompt_reused + s.prompt_computed == s.prompt_tokens
+        assert s.fed_tokens == s.prompt_computed + s.injected + s.generated - 1
     # batched passes: prefill + the longest row's decisions after the first
     assert batch.lms_passes == max(r.stats.forward_passes for r in batch.rows)
 
