@@ -60,6 +60,10 @@ class Recipe:
     retriever_hidden: int = 256
     retriever_dim: int = 128
     retriever_steps: int = 600
+    # "mlp" (the shipped demo retriever's towers) or "residual": towers that start as the identity
+    # over the intent embedding, so an untrained retriever is the cosine of query and tool vectors
+    # and training only has to improve on it (the choice for general, unseen tools).
+    retriever_tower: str = "mlp"
     projector_hidden: int = 256
     top_k: int = 3
     augment: float = 1.0  # value-randomised copies per training example (see training/augment.py)
@@ -189,7 +193,10 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         retriever = load_retriever(retriever_dir)
         retriever_info = json.loads((work / "retriever.done").read_text())
     else:
-        rconf = RetrieverConfig(input_dim=intent_dim, hidden_dim=recipe.retriever_hidden, output_dim=recipe.retriever_dim)
+        rconf = RetrieverConfig(
+            input_dim=intent_dim, hidden_dim=recipe.retriever_hidden, output_dim=recipe.retriever_dim,
+            tower=recipe.retriever_tower,
+        )
         retriever, loss = train_retriever(train, cache, rconf, steps=recipe.retriever_steps, seed=recipe.seed, progress=progress)
         r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k)
         retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold, "gate_accuracy": gate, "final_loss": loss}

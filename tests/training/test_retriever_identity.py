@@ -127,3 +127,12 @@ def test_cli_registers_eval_retrieval():
     args = build_parser().parse_args(["eval", "retrieval", "--retriever", "identity", "--retriever", "seal=runs/x",
                                       "--limit", "50", "--categories", "multiple"])
     assert args.retriever == ["identity", "seal=runs/x"] and args.limit == 50 and args.categories == ["multiple"]
+
+
+def test_training_recipe_selects_the_tower():
+    from hyfunc.training.pipeline import Recipe
+
+    assert Recipe.from_dict({}).retriever_tower == "mlp"  # the shipped demo recipe is unchanged
+    assert Recipe.from_dict({"retriever_tower": "residual"}).retriever_tower == "residual"
+    with pytest.raises(ValueError, match="retriever tower 'cnn'"):
+        RetrieverConfig(input_dim=8, tower="cnn")
