@@ -131,9 +131,8 @@ class ContinuousDecoder:
         self._since[key] = time.perf_counter()
 
     def has_work(self) -> bool:
-        if self.scheduler.has_work():
-            return True
-        return self._pull(1) > 0
+        # A source not yet exhausted may hold more jobs; step() pulls them (inside its timing).
+        return self.scheduler.has_work() or self.source is not None
 
     def _pull(self, n: int) -> int:
         """Move up to n jobs from the source into the waiting queue (building their programs)."""
@@ -152,13 +151,14 @@ class ContinuousDecoder:
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Any, DecodeResult]]:
-        """Admit what fits, run one pass, pick one token per row; returns the jobs that finished."""
+        """Admit what fits, run the step's passes, pick one token per row; returns the jobs that
+        finished (possibly none)."""
         sched, runner, decoder = self.scheduler, self.runner, self.decoder
         t0 = time.perf_counter()
         if self.source is not None:
             self._pull(max(0, sched.free_rows() - len(sched.waiting)) if sched.max_rows is not None else 1 << 30)
         admitted, early = sched.admit()
-        prefix = decoder.shared_prefix()
+        prefix = decoder.shared_prefix() if admitted else []
         start_kvs = [kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted]
         for row in admitted:
             row.match = None  # its KV now lives in start_kvs; do not pin cache tensors for the row's life

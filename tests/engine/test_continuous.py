@@ -287,3 +287,9 @@ def test_runner_matches_a_plain_forward(tiny_bundle, tiny_decoder) -> None:
     full = alone.encode_prefix(seqs["c"][:9])
     for (k, v), (fk, fv) in zip(kv, full, strict=True):
         assert torch.allclose(k, fk[:, 4:9], atol=1e-5) and torch.allclose(v, fv[:, 4:9], atol=1e-5)
+
+
+def test_empty_stream_runs_nothing(tiny_bundle, machine) -> None:
+    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    assert list(decoder.stream(iter([]), max_rows=4)) == []
+    assert decoder.prefix_passes == 0 and decoder.forward_passes == 0 and decoder.steps == 0
