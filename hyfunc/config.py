@@ -31,7 +31,7 @@ class CascadeConfig(BaseModel):
     top_k: int = Field(default=3, ge=1)
     relevance_threshold: float | None = None  # None: use the calibrated value saved with the retriever
     # Decoding settings: None = the value in the models' manifest (`decoding`), else the code
-    # default (hyfunc/cascade/decoding.py: 4, 48, 12, 8, false, true, 1.0); a value set here wins.
+    # default (hyfunc/cascade/decoding.py: 4, 48, 12, 8, false, true, 1.0, canonical); a value set here wins.
     max_calls: int | None = Field(default=None, ge=1)
     max_string_tokens: int | None = Field(default=None, ge=1)
     max_number_tokens: int | None = Field(default=None, ge=1)
@@ -52,8 +52,9 @@ class CascadeConfig(BaseModel):
     prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     # Order of the candidate schemas in the LMS prompt: canonical (by content hash; the same set
     # always shares a token prefix, so the prefix cache reuses it) or retrieval (best first, what
-    # LMS checkpoints trained before canonical training prompts saw).
-    prompt_order: str = Field(default="canonical", pattern="^(canonical|retrieval)$")
+    # LMS checkpoints trained before canonical training prompts saw). A decoding setting like the
+    # ones above: None = the manifest's `decoding.prompt_order`, else "canonical".
+    prompt_order: str | None = Field(default=None, pattern="^(canonical|retrieval)$")
     index_dir: str | None = None  # function index cache; default: <models.dir>/index
 
 

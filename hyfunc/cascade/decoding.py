@@ -2,7 +2,7 @@
 
 A models directory records how its LMS was trained to decode (`hyfunc.json` → `decoding`:
 extractive values, distinct spans, the retriever prior, the template limits, the number of soft
-tokens). Those are what inference should use, so the matching `cascade.*` config keys default to
+tokens, the order the candidates were listed in the prompt). Those are what inference should use, so the matching `cascade.*` config keys default to
 None, meaning "from the manifest"; a config that sets a key explicitly still wins.
 """
 
@@ -15,10 +15,15 @@ from hyfunc.cascade.template import MachineLimits
 from hyfunc.config import CascadeConfig
 
 RETRIEVER_PRIOR_DEFAULT = 1.0
+# Candidates by content hash: the same set always shares a token prefix (the prefix cache reuses
+# it); what training renders (hyfunc/training/lms.py).
+PROMPT_ORDER_DEFAULT = "canonical"
 
-# Code defaults of the keys a manifest may set: the template machine's own defaults plus the prior.
+# Code defaults of the keys a manifest may set: the template machine's own defaults, the prior and
+# the prompt order.
 CODE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(MachineLimits)} | {
-    "retriever_prior": RETRIEVER_PRIOR_DEFAULT
+    "retriever_prior": RETRIEVER_PRIOR_DEFAULT,
+    "prompt_order": PROMPT_ORDER_DEFAULT,
 }
 
 

@@ -87,7 +87,9 @@ DECODING_KEYS: dict[str, tuple[type, ...]] = {
     "max_string_tokens": (int,),
     "max_number_tokens": (int,),
     "max_array_items": (int,),
+    "prompt_order": (str,),
 }
+PROMPT_ORDERS = ("canonical", "retrieval")
 
 
 def check_decoding(decoding: Any, where: str) -> None:
@@ -99,6 +101,10 @@ def check_decoding(decoding: Any, where: str) -> None:
         kinds = DECODING_KEYS[key]
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             raise ModelsError(f"{where}.{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if key == "prompt_order":
+            if value not in PROMPT_ORDERS:
+                raise ModelsError(f"{where}.{key}: must be one of {list(PROMPT_ORDERS)}, got {value!r}")
+            continue
         if key != "retriever_prior" and not isinstance(value, bool) and value < 1:
             raise ModelsError(f"{where}.{key}: must be at least 1, got {value}")
         if key == "retriever_prior" and value < 0:

@@ -266,12 +266,14 @@ def lms_init_dir(recipe: Recipe) -> Path:
 def trained_decoding(recipe: Recipe, projector: SoftTokenProjector) -> dict[str, Any]:
     """How this LMS was trained to decode, for the manifest: extractive values when the loss was
     constrained to the spans extractive decoding offers, the template limits of the teacher, the
-    number of soft tokens; distinct spans and the retriever prior as the demo models were scored."""
+    number of soft tokens, the candidates in canonical order (as hyfunc/training/lms.py renders
+    them); distinct spans and the retriever prior as the demo models were scored."""
     from hyfunc.cascade.decoding import RETRIEVER_PRIOR_DEFAULT
 
     return asdict(MachineLimits(copy_values=recipe.lms.constrained)) | {
         "retriever_prior": RETRIEVER_PRIOR_DEFAULT,
         "soft_tokens": projector.config.num_tokens,
+        "prompt_order": "canonical",
     }
 
 

@@ -44,9 +44,33 @@ def test_manifest_wins_over_code_defaults_and_loses_to_explicit_config() -> None
     assert decoding_sources(explicit, TRAINED) == {
         "max_calls": "config", "max_string_tokens": "manifest", "max_number_tokens": "default",
         "max_array_items": "default", "copy_values": "config", "copy_distinct": "manifest", "retriever_prior": "config",
+        "prompt_order": "default",
     }
     # No manifest settings at all: today's code defaults.
     assert resolve_decoding(CascadeConfig(), None).model_dump() == CascadeConfig(**CODE_DEFAULTS).model_dump()
+
+
+def test_manifest_prompt_order_wins_over_the_code_default_and_loses_to_explicit_config() -> None:
+    assert CODE_DEFAULTS["prompt_order"] == "canonical"
+    assert resolve_decoding(CascadeConfig(), TRAINED).prompt_order == "canonical"  # manifest silent
+    retrieval = TRAINED | {"prompt_order": "retrieval"}
+    assert resolve_decoding(CascadeConfig(), retrieval).prompt_order == "retrieval"
+    assert decoding_sources(CascadeConfig(), retrieval)["prompt_order"] == "manifest"
+    explicit = CascadeConfig(prompt_order="canonical")
+    assert resolve_decoding(explicit, retrieval).prompt_order == "canonical"
+    assert decoding_sources(explicit, retrieval)["prompt_order"] == "config"
+    with pytest.raises(ValueError, match="prompt_order"):
+        CascadeConfig(prompt_order="random")
+
+
+def test_the_cascade_renders_the_manifests_prompt_order_unless_configured(models_with_decoding) -> None:
+    from hyfunc.cascade import Cascade
+    from hyfunc.models.bundle import ModelBundle
+
+    bundle = ModelBundle.load(models_with_decoding({"prompt_order": "retrieval"}))
+    assert Cascade(bundle, CascadeConfig(), None).config.prompt_order == "retrieval"
+    assert Cascade(bundle, CascadeConfig(prompt_order="canonical"), None).config.prompt_order == "canonical"
+    assert Cascade(ModelBundle.load(models_with_decoding({})), CascadeConfig(), None).config.prompt_order == "canonical"
 
 
 def test_a_yaml_key_set_explicitly_wins_and_an_absent_key_defers_to_the_manifest(tmp_path) -> None:
@@ -83,6 +107,8 @@ def test_bad_manifest_decoding_is_an_error_naming_the_key(models_with_decoding) 
         ({"max_calls": True}, r"decoding\.max_calls: expected int, got True"),
         ({"max_calls": 0}, r"decoding\.max_calls: must be at least 1"),
         ({"retriever_prior": -1}, r"decoding\.retriever_prior: must be at least 0"),
+        ({"prompt_order": "best"}, r"decoding\.prompt_order: must be one of \['canonical', 'retrieval'\], got 'best'"),
+        ({"prompt_order": 1}, r"decoding\.prompt_order: expected str, got 1"),
     ):
         with pytest.raises(ModelsError, match=message):
             Manifest.read(models_with_decoding(decoding))
@@ -98,10 +124,13 @@ def test_the_demo_models_carry_their_decoding_and_the_configs_leave_it_to_them()
     demo = Manifest.read(REPO_ROOT / "models" / "demo")
     assert demo.decoding["copy_values"] is True and demo.decoding["copy_distinct"] is True
     assert demo.decoding["soft_tokens"] == 1
+    assert demo.decoding["prompt_order"] == "retrieval"  # the demo LMS was trained on best-first prompts
     for name in ("default.yaml", "service.yaml", "gpu.yaml"):
         cascade = load_config(REPO_ROOT / "configs" / name).cascade
         assert cascade.copy_values is None, name  # served as trained: extractive values on
         assert resolve_decoding(cascade, demo.decoding).copy_values is True
+        assert cascade.prompt_order is None, name
+        assert resolve_decoding(cascade, demo.decoding).prompt_order == "retrieval"
 
 
 def test_training_records_how_the_lms_was_trained_to_decode() -> None:
@@ -114,5 +143,6 @@ def test_training_records_how_the_lms_was_trained_to_decode() -> None:
     assert constrained == {
         "max_calls": 4, "max_string_tokens": 48, "max_number_tokens": 12, "max_array_items": 8,
         "copy_values": True, "copy_distinct": True, "retriever_prior": 1.0, "soft_tokens": 2,
+        "prompt_order": "canonical",
     }
     assert trained_decoding(Recipe(lms=LMSTrainConfig(constrained=False)), projector)["copy_values"] is False
