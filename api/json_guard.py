@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi_reject import send_rejection
 from hyfunc.schema import find_non_finite
 
 # A JSON string: quote, then runs of ordinary bytes or escapes, then quote (no backtracking).
@@ -164,7 +165,7 @@ class JsonBodyGuard:
         else:
             problem = body_problem(body, self.max_depth, lines=lines) if body else None
         if problem:
-            await _reject(send, problem)
+            await send_rejection(send, 422, problem)
             return
         sent = False
 
@@ -176,10 +177,3 @@ class JsonBodyGuard:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-async def _reject(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 422,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

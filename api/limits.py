@@ -4,9 +4,9 @@ The other limits are checked in hyfunc.store.submissions, shared with every prod
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.asgi_reject import send_rejection
 
 
 def too_large_message(size: int, limit: int) -> str:
@@ -62,7 +62,4 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send, size: int) -> None:
-        body = json.dumps({"detail": too_large_message(size, self.max_bytes)}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_rejection(send, 413, too_large_message(size, self.max_bytes))
