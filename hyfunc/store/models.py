@@ -179,8 +179,11 @@ class Job(Base):
     queue_wait_ms: Mapped[float | None] = mapped_column(Float)
     lml_ms: Mapped[float | None] = mapped_column(Float)
     retrieve_ms: Mapped[float | None] = mapped_column(Float)
+    lms_wait_ms: Mapped[float | None] = mapped_column(Float)  # 0003: null for jobs finished before it
+    program_ms: Mapped[float | None] = mapped_column(Float)
     lms_prefill_ms: Mapped[float | None] = mapped_column(Float)
     lms_decode_ms: Mapped[float | None] = mapped_column(Float)
+    sample_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)
     tokens_lml_prompt: Mapped[int | None] = mapped_column(Integer)
     tokens_lms_prompt: Mapped[int | None] = mapped_column(Integer)

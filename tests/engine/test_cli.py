@@ -89,3 +89,18 @@ def test_run_with_missing_models_dir(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_run_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "none.jsonl"), "--models", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_run_summary_has_a_row_for_every_cascade_stage() -> None:
+    import io
+
+    from hyfunc.cli import summarize
+    from hyfunc.stages import CASCADE_STAGES
+
+    timings = {stage: float(i + 1) for i, stage in enumerate(CASCADE_STAGES)}
+    out = io.StringIO()
+    summary = summarize([{"calls": [], "timings_ms": timings}], out)
+    assert {"lms_wait", "program", "sample"} <= set(CASCADE_STAGES)
+    for stage in CASCADE_STAGES:
+        assert summary[f"{stage}_ms_p50"] == summary[f"{stage}_ms_p95"] == timings[stage]
+        assert f"{stage} ms p50 / p95" in out.getvalue()

@@ -61,7 +61,8 @@ def test_submit_one_stores_and_enqueues(env: dict[str, Any]) -> None:
     assert r.status_code == 202, r.text
     got = c.get(f"/v1/jobs/{r.json()['id']}", headers=env["a"]).json()
     assert got["status"] == "queued" and got["client_id"] == "mine-1" and got["query"] == "weather in Paris"
-    assert set(got["timings_ms"]) == {"queue_wait", "lml", "retrieve", "lms_prefill", "lms_decode", "total"}
+    assert set(got["timings_ms"]) == {"queue_wait", "lml", "retrieve", "lms_wait", "program", "lms_prefill",
+                                      "lms_decode", "sample", "total"}
     assert job_count(env) == before + 1
     assert queue_length(env["redis"], env["queue"]) == depth + 1
 

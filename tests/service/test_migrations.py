@@ -70,3 +70,28 @@ def test_autogenerate_sees_a_model_change(empty_db: str) -> None:
     engine.dispose()
     diff = _diff(empty_db)
     assert any(op[0] == "remove_column" and op[3].name == "stray" for op in diff), diff
+
+
+def test_0003_adds_the_decoder_stage_columns_and_its_downgrade_drops_only_them(empty_db: str) -> None:
+    added = {"lms_wait_ms", "program_ms", "sample_ms"}
+
+    def columns_and_checks() -> tuple[set[str], set[str]]:
+        engine = make_engine(empty_db, one_shot=True)
+        try:
+            inspector = inspect(engine)
+            columns = {c["name"] for c in inspector.get_columns("jobs")}
+            return columns, {c["name"] for c in inspector.get_check_constraints("jobs")}
+        finally:
+            engine.dispose()
+
+    migrate.upgrade(empty_db, "0002")
+    before, checks = columns_and_checks()
+    assert not added & before and checks  # jobs has its status CHECK to keep
+    migrate.upgrade(empty_db, "0003")
+    assert migrate.current(empty_db) == "0003"
+    after, checks_after = columns_and_checks()
+    assert after == before | added and checks_after == checks
+    migrate.downgrade(empty_db, "0002")
+    assert columns_and_checks() == (before, checks)  # no table rebuild lost a constraint
+    migrate.upgrade(empty_db)
+    assert _diff(empty_db) == []
