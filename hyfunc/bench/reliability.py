@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyfunc.bench.procs import free_port, stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
 AUDIT_SQL = """
@@ -71,12 +73,6 @@ class Options:
 
 def _log(msg: str) -> None:
     print(f"[reliability {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_bin(name: str) -> str:
@@ -182,13 +178,7 @@ class Service:
             return []
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
 
 
 def _alive(pid: int) -> bool:
@@ -249,7 +239,7 @@ class Run:
         self.proxy = TcpProxy(("127.0.0.1", o.pg_port))
         self.proxy.start()
         self.queue = "hyfunc-rel"
-        self.port = _free_port()
+        self.port = free_port()
         base = {
             "models": {"dir": str(o.models)},
             "worker": {"broker_url": self.redis.url, "queue": self.queue, "flush_every": 16, "flush_interval": 0.2,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,18 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from hyfunc.bench.procs import free_port, stop_group
 from hyfunc.bench.stats import mean, percentile, r
 from hyfunc.bench.workload import BenchInput
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _check_backends(pg_admin: str, redis_url: str) -> str | None:
@@ -69,13 +62,7 @@ class _Proc:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self.log.close()
 
     def tail(self, n: int = 20) -> str:
@@ -164,7 +151,7 @@ def _service_run(
         migrate.upgrade(db_url)
         with transaction(session_factory(db_url)) as session:
             key, _ = create_key(session, "bench")
-        port = _free_port()
+        port = free_port()
         config = {
             "models": {"dir": str(models_dir), "device": device, "dtype": dtype},
             "cascade": cascade,
