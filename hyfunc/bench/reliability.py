@@ -42,6 +42,8 @@ from hyfunc.bench.procs import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
+# Test-only: every UPDATE of a job row, so SQL can prove exactly-once terminal writes (the
+# service tests install the same trigger, tests/service/conftest.py).
 AUDIT_SQL = """
 CREATE TABLE job_audit (job_id uuid, old_status text, new_status text, at timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION audit_jobs() RETURNS trigger AS $$

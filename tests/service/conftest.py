@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the subprocesses get it through PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
+from hyfunc.bench.reliability import AUDIT_SQL  # noqa: E402 - the same job_audit trigger as the reliability suite
 from hyfunc.config import HyFuncConfig, load_config  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("HYFUNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -77,15 +78,6 @@ def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-AUDIT_SQL = """
-CREATE TABLE job_audit (job_id uuid, old_status text, new_status text, at timestamptz DEFAULT clock_timestamp());
-CREATE FUNCTION audit_jobs() RETURNS trigger AS $$
-BEGIN INSERT INTO job_audit (job_id, old_status, new_status) VALUES (NEW.id, OLD.status, NEW.status); RETURN NEW; END
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION audit_jobs();
-"""
 
 
 @pytest.fixture(scope="session")
