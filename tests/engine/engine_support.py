@@ -163,6 +163,22 @@ def drive(program: Program, pick: Callable[[Generate], int]) -> Trace:
     return trace
 
 
+def drive_tokens(program: Program, tokens: list[int], see: Callable[[Generate], None] | None = None) -> Trace:
+    """Run a program to the end with ``tokens`` as its decisions, in order (each must be one the
+    step permits, and all must be used); ``see`` is shown each decision step before its token."""
+    queue = list(tokens)
+
+    def pick(step: Generate) -> int:
+        assert queue, "the program asks for more decisions than were given"
+        if see is not None:
+            see(step)
+        return queue.pop(0)
+
+    trace = drive(program, pick)
+    assert not queue, "the program ended with decisions left over"
+    return trace
+
+
 def random_picker(rng: random.Random, quote_id: int, stop_bias: float = 0.3) -> Callable[[Generate], int]:
     """A uniformly random choice among the allowed tokens, with a bias towards closing strings
     (the quote) so random strings stay short and most programs reach their later branches."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from engine_support import drive_tokens
 
 from hyfunc.cascade.engine import Cascade
 from hyfunc.config import CascadeConfig
@@ -79,23 +80,13 @@ def test_copy_mode_off_by_default_and_teacher_unaffected(bundle):
 
 def _inference_allowed(machine, candidates, query: str, generated: list[int]) -> list[list[int]]:
     """Drive the inference program (copy mode, no gold) with the given tokens; each step's allowed ids."""
-    from hyfunc.cascade.template import Generate
-
-    program = machine.program(candidates, source=query)
     seen: list[list[int]] = []
-    queue = list(generated)
-    send = None
-    try:
-        while True:
-            step = program.send(send)
-            send = None
-            if isinstance(step, Generate):
-                allowed = step.allowed
-                seen.append(allowed.nonzero().flatten().tolist() if hasattr(allowed, "nonzero") else sorted(allowed))
-                send = queue.pop(0)
-    except StopIteration:
-        pass
-    assert not queue
+
+    def see(step) -> None:
+        allowed = step.allowed
+        seen.append(allowed.nonzero().flatten().tolist() if hasattr(allowed, "nonzero") else sorted(allowed))
+
+    drive_tokens(machine.program(candidates, source=query), generated, see)
     return seen
 
 

@@ -13,6 +13,7 @@ from engine_support import (
     PING,
     THERMOSTAT,
     WEATHER,
+    drive_tokens,
     parse_answer,
     render,
 )
@@ -164,29 +165,10 @@ def test_replay_rejects_forbidden_tokens(machine, lms_tokenizer) -> None:
 def _inference_trace(machine, tools, query: str, generated: list[int]) -> tuple[list[int], list[list[int] | None]]:
     """Drive the inference program (no gold) with the given tokens: every id it emits (injected
     and picked, in order) and each decision's allowed set as teacher mode records it."""
-    from hyfunc.cascade.template import Generate, Inject
-
-    program = machine.program(tools, source=query)
-    ids: list[int] = []
     allowed: list[list[int] | None] = []
-    queue = list(generated)
-    send = None
-    try:
-        while True:
-            step = program.send(send)
-            send = None
-            if isinstance(step, Inject):
-                ids.extend(step.ids)
-            elif isinstance(step, Generate):
-                assert queue, "inference asks for more decisions than teacher mode made"
-                allowed.append(machine.compiled.record(step.allowed))
-                send = queue.pop(0)
-                assert step.permits(send)
-                ids.append(send)
-    except StopIteration:
-        pass
-    assert not queue
-    return ids, allowed
+    trace = drive_tokens(machine.program(tools, source=query), generated,
+                         lambda step: allowed.append(machine.compiled.record(step.allowed)))
+    return trace.ids, allowed
 
 
 @pytest.mark.parametrize("copy_values", [False, True], ids=["free", "copy"])
