@@ -9,17 +9,10 @@ from pathlib import Path
 
 
 def cmd_eval_demo(args: argparse.Namespace) -> int:
-    from hyfunc.cascade import Cascade
     from hyfunc.cli import CliError
-    from hyfunc.config import ConfigError, load_config
-    from hyfunc.models.bundle import ModelsError
-
-    try:
-        config = load_config(args.config, {"models.dir": args.models} if args.models else None)
-        cascade = Cascade.load(config)
-    except (ConfigError, ModelsError) as err:
-        raise CliError(str(err)) from None
     from hyfunc.eval.demo import evaluate_demo
+
+    cascade = _load_cascade(args)
 
     if args.n < 1 or args.batch_size < 1:
         raise CliError("--limit/-n and --batch-size must be at least 1")
@@ -176,13 +169,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if report["errors"] else 0
 
 
+def _add_cascade_options(parser: argparse.ArgumentParser) -> None:
+    """What every accuracy evaluation reads: the models and config `_load_cascade` loads, and the output form."""
+    parser.add_argument("--models", help="models directory (default: the config's models.dir)")
+    parser.add_argument("--config")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def add_eval_commands(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate the configured models")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
     demo = ev_sub.add_parser("demo", help="held-out accuracy on the demo task")
-    demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--models", help="models directory (default: the config's models.dir)")
-    demo.add_argument("--config")
+    _add_cascade_options(demo)
     demo.add_argument("-n", "--limit", dest="n", type=int, default=400, help="held-out examples (default 400)")
     demo.add_argument("--batch-size", type=int, default=16, help="requests per cascade batch (default 16)")
     demo.add_argument("--seed", type=int, default=1)
@@ -196,9 +194,7 @@ def add_eval_commands(sub) -> None:
                            "simple_javascript, multiple, parallel, parallel_multiple, irrelevance)")
     bfcl.add_argument("--limit", type=int, help="first N questions per category (default: all)")
     bfcl.add_argument("--out", help="write raw outputs and results.json here")
-    bfcl.add_argument("--models", help="models directory (default: the config's models.dir)")
-    bfcl.add_argument("--config")
-    bfcl.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_cascade_options(bfcl)
     bfcl.set_defaults(func=cmd_eval_bfcl)
 
     seal = ev_sub.add_parser("seal", help="Seal-Tools: exact match of the call multiset, function and parameter F1")
@@ -207,9 +203,7 @@ def add_eval_commands(sub) -> None:
                                      "data/seal/, which holds test_in_domain)")
     seal.add_argument("--limit", type=int, help="first N questions (default: all)")
     seal.add_argument("--out", help="write raw outputs and results.json here")
-    seal.add_argument("--models", help="models directory (default: the config's models.dir)")
-    seal.add_argument("--config")
-    seal.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_cascade_options(seal)
     seal.set_defaults(func=cmd_eval_seal)
 
     retrieval = ev_sub.add_parser("retrieval", help="BFCL retriever recall@1/@3 of several retrievers and BM25, in one run")
