@@ -15,9 +15,10 @@ import re
 from typing import Any
 
 import anyio.to_thread
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.asgi_reject import send_rejection
+from api.asgi_replay import replaying
 from hyfunc.schema import find_non_finite
 
 # A JSON string: quote, then runs of ordinary bytes or escapes, then quote (no backtracking).
@@ -167,13 +168,4 @@ class JsonBodyGuard:
         if problem:
             await send_rejection(send, 422, problem)
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)

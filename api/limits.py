@@ -4,9 +4,10 @@ The other limits are checked in hyfunc.store.submissions, shared with every prod
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.asgi_reject import send_rejection
+from api.asgi_replay import replaying
 
 
 def too_large_message(size: int, limit: int) -> str:
@@ -50,16 +51,7 @@ class BodySizeLimit:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _reject(self, send: Send, size: int) -> None:
         await send_rejection(send, 413, too_large_message(size, self.max_bytes))
