@@ -1,8 +1,9 @@
 """Peak memory of a worker-like process: load the models, run jobs, read the peaks.
 
 Measured in a fresh child process so the numbers are one model process's own, not the
-benchmark driver's: peak RSS from resource.getrusage (ru_maxrss, KiB on Linux) and, on
-CUDA, torch.cuda.max_memory_allocated.
+benchmark driver's: peak RSS from /proc/self/status (VmHWM) on Linux, else resource.getrusage,
+and, on CUDA, torch.cuda.max_memory_allocated. Not ru_maxrss on Linux: it survives fork + exec,
+so a child started by a large driver (`hyfunc bench all`) would report the driver's peak.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Any
 
 
 def peak_rss_mib() -> float:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / (1024.0 * 1024.0) if sys.platform == "darwin" else kib / 1024.0
 
