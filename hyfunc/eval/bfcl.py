@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hyfunc.schema import CallRequest, CallResult
+from hyfunc.eval.batches import run_examples
+from hyfunc.schema import CallResult
 
 _ALIASES = {"simple": "simple_python", "java": "simple_java", "javascript": "simple_javascript"}
 
@@ -176,7 +177,6 @@ def evaluate_bfcl(
     progress: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    from tqdm import tqdm
 
     from hyfunc.training.data import load_bfcl_category
 
@@ -202,33 +202,30 @@ def evaluate_bfcl(
             {"id": rec_id, "valid": False, "result": [], "error": f"not loadable: {reason}"} for rec_id, reason in skipped.items()
         ]
         start = time.perf_counter()
-        for s in tqdm(range(0, len(examples), batch_size), desc=f"bfcl {category}", disable=not progress, leave=False):
-            chunk = examples[s : s + batch_size]
-            requests = [CallRequest(id=ex.id, query=ex.query, tools=ex.tools) for ex in chunk]
-            for ex, res in zip(chunk, cascade.run(requests), strict=True):
-                output = bfcl_output(res)
-                if "irrelevance" in stem:
-                    ok, detail = not output, None if not output else "irrelevance_error: a call was made"
-                elif "relevance" in stem:
-                    ok, detail = bool(output), None if output else "relevance_error: no call"
+        for ex, res in run_examples(cascade, examples, batch_size, f"bfcl {category}", progress):
+            output = bfcl_output(res)
+            if "irrelevance" in stem:
+                ok, detail = not output, None if not output else "irrelevance_error: a call was made"
+            elif "relevance" in stem:
+                ok, detail = bool(output), None if output else "relevance_error: no call"
+            else:
+                q = questions.get(str(ex.id))
+                a = answers.get(str(ex.id))
+                if q is None or a is None:
+                    ok, detail = False, "record missing from the raw BFCL files"
+                elif not output:
+                    ok, detail = False, res.error or res.no_call_reason or "no call"
                 else:
-                    q = questions.get(str(ex.id))
-                    a = answers.get(str(ex.id))
-                    if q is None or a is None:
-                        ok, detail = False, "record missing from the raw BFCL files"
-                    elif not output:
-                        ok, detail = False, res.error or res.no_call_reason or "no call"
-                    else:
-                        check = ast_checker(q["function"], output, a["ground_truth"], language, stem, model_name)
-                        ok, detail = bool(check["valid"]), None if check["valid"] else check.get("error")
-                correct += ok
-                errors += res.error is not None
-                no_call += not output
-                rows.append({
-                    "id": ex.id, "valid": ok, "result": output, "error": res.error,
-                    "no_call_reason": res.no_call_reason, "candidates": [c.model_dump() for c in res.candidates],
-                    "detail": detail, "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
-                })
+                    check = ast_checker(q["function"], output, a["ground_truth"], language, stem, model_name)
+                    ok, detail = bool(check["valid"]), None if check["valid"] else check.get("error")
+            correct += ok
+            errors += res.error is not None
+            no_call += not output
+            rows.append({
+                "id": ex.id, "valid": ok, "result": output, "error": res.error,
+                "no_call_reason": res.no_call_reason, "candidates": [c.model_dump() for c in res.candidates],
+                "detail": detail, "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
+            })
         seconds = time.perf_counter() - start
         total = len(examples) + len(skipped)
         entry: dict[str, Any] = {

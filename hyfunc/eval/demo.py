@@ -5,10 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from tqdm import tqdm
-
+from hyfunc.eval.batches import run_examples
 from hyfunc.eval.scoring import Scoreboard
-from hyfunc.schema import CallRequest
 
 
 def evaluate_demo(cascade, n: int = 400, seed: int = 1, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
@@ -17,12 +15,11 @@ def evaluate_demo(cascade, n: int = 400, seed: int = 1, batch_size: int = 16, pr
     examples = generate_demo_examples("heldout", n, seed)
     board = Scoreboard()
     totals: list[float] = []  # per-call cascade time (timings_ms.total), as each result reports it
-    for start in tqdm(range(0, len(examples), batch_size), desc="eval demo", disable=not progress):
-        chunk = examples[start : start + batch_size]
-        requests = [CallRequest(id=str(start + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)]
-        for ex, result in zip(chunk, cascade.run(requests), strict=True):
-            board.add(ex.query, ex.tools, ex.answers, result.calls, result.error)
-            totals.append(result.timings_ms.total)
+    for ex, result in run_examples(
+        cascade, examples, batch_size, "eval demo", progress, request_id=lambda position, _ex: str(position)
+    ):
+        board.add(ex.query, ex.tools, ex.answers, result.calls, result.error)
+        totals.append(result.timings_ms.total)
     metrics = board.metrics()
     metrics["batch_size"] = batch_size
     metrics["p50_ms_per_call"] = round(statistics.median(totals), 1) if totals else None

@@ -24,7 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hyfunc.schema import Call, CallRequest
+from hyfunc.eval.batches import run_examples
+from hyfunc.schema import Call
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -101,7 +102,6 @@ def evaluate_seal(
     progress: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    from tqdm import tqdm
 
     from hyfunc.training.seal_tools import load_seal_split, seal_data_dir
 
@@ -115,23 +115,20 @@ def evaluate_seal(
     ]
     errors = no_call = 0
     start = time.perf_counter()
-    for s in tqdm(range(0, len(examples), batch_size), desc=f"seal {split}", disable=not progress, leave=False):
-        chunk = examples[s : s + batch_size]
-        requests = [CallRequest(id=ex.id, query=ex.query, tools=ex.tools) for ex in chunk]
-        for ex, res in zip(chunk, cascade.run(requests), strict=True):
-            ok = groups["all"].add(res.calls, ex.answers)
-            groups[ex.difficulty].add(res.calls, ex.answers)
-            if not ex.nested:
-                groups["without_nested"].add(res.calls, ex.answers)
-            errors += res.error is not None
-            no_call += not res.calls
-            rows.append({
-                "id": ex.id, "valid": ok, "query": ex.query, "gold": [c.model_dump() for c in ex.answers],
-                "result": [c.model_dump() for c in res.calls], "candidates": [c.model_dump() for c in res.candidates],
-                "error": res.error, "no_call_reason": res.no_call_reason, "warnings": res.warnings,
-                "nested": ex.nested, "gold_in_candidates": ex.gold_in_candidates,
-                "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
-            })
+    for ex, res in run_examples(cascade, examples, batch_size, f"seal {split}", progress):
+        ok = groups["all"].add(res.calls, ex.answers)
+        groups[ex.difficulty].add(res.calls, ex.answers)
+        if not ex.nested:
+            groups["without_nested"].add(res.calls, ex.answers)
+        errors += res.error is not None
+        no_call += not res.calls
+        rows.append({
+            "id": ex.id, "valid": ok, "query": ex.query, "gold": [c.model_dump() for c in ex.answers],
+            "result": [c.model_dump() for c in res.calls], "candidates": [c.model_dump() for c in res.candidates],
+            "error": res.error, "no_call_reason": res.no_call_reason, "warnings": res.warnings,
+            "nested": ex.nested, "gold_in_candidates": ex.gold_in_candidates,
+            "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
+        })
     # A record the loader rejected counts as a wrong answer with no output.
     for _ in report.errors:
         groups["all"].n += 1
