@@ -285,9 +285,12 @@ class TemplateMachine:
             raise TemplateError("teacher sequence does not reproduce the gold calls")
         return record
 
-    def replay(self, candidates: list[Tool], generated_ids: list[int]) -> list[Call]:
-        """Run the program picking the given generated tokens in order (round-trip checks)."""
-        program = self.program(candidates)
+    def replay(self, candidates: list[Tool], generated_ids: list[int], source: str | None = None) -> list[Call]:
+        """Run the program picking the given generated tokens in order (round-trip checks).
+
+        ``source``: the query the tokens were generated with (copy mode): its forced tokens were
+        injected, not generated, so the replay must know them too."""
+        program = self.program(candidates, source=source)
         queue = list(generated_ids)
         send: int | None = None
         try:
@@ -306,6 +309,11 @@ class TemplateMachine:
     # -- the answer grammar -------------------------------------------------------------------
 
     def _answer(self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None) -> Program:
+        return jump_forward(self._answer_steps(candidates, gold, prior))
+
+    def _answer_steps(
+        self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None
+    ) -> Program:
         calls: list[Call] = []
         # The name sits inside a JSON string: escape it (a control character would break the JSON).
         name_options = [self.encode(json.dumps(tool.name, ensure_ascii=False)[1:]) for tool in candidates]
@@ -725,6 +733,33 @@ class TemplateMachine:
                     raise TemplateError(f"token {token} is not one of the allowed choices")
             node = node.children[token]
             pos += 1
+
+
+def jump_forward(program: Program) -> Program:
+    """Forced decisions become injections: a ``Generate`` that allows exactly one token (a copy
+    span with one way to go on, a number literal's next digit, ...) is yielded as ``Inject`` of
+    that token and the token is sent back to the program. The tokens are the same either way;
+    the decoder just spends no decision (and no pass) on them, and teacher mode records them as
+    injected, so training scores only what inference asks. A forced step whose gold token is a
+    different one is left a ``Generate`` (teacher mode then reports the gold as not allowed)."""
+    send: int | None = None
+    while True:
+        try:
+            step = program.send(send)
+        except StopIteration as stop:
+            return stop.value
+        send = None
+        if (
+            isinstance(step, Generate)
+            and isinstance(step.allowed, list)
+            and len(step.allowed) == 1
+            and (step.gold is None or step.gold == step.allowed[0])
+        ):
+            token = step.allowed[0]
+            yield Inject([token])
+            send = token
+        else:
+            send = yield step
 
 
 def _literal_index(literals: list[Any], gold: Any) -> int:

@@ -103,7 +103,8 @@ def _inference_allowed(machine, candidates, query: str, generated: list[int]) ->
 def test_teacher_records_the_choices_inference_offers(bundle, query, arguments):
     """With the query, teacher mode records at each generated token exactly the ids extractive
     inference would allow there (None only where nearly the whole vocabulary is allowed); the
-    token sequence itself is the one teacher mode writes without the query."""
+    token sequence itself is the one teacher mode writes without the query, and a token it no
+    longer generates is one the copy left no choice about (jump-forward: injected)."""
     from hyfunc.cascade.template import RECORD_ALLOWED_MAX, MachineLimits, TemplateMachine
     from hyfunc.schema import Call
 
@@ -111,7 +112,11 @@ def test_teacher_records_the_choices_inference_offers(bundle, query, arguments):
     gold = [Call(name="book_table", arguments=arguments)]
     plain = machine.teacher(TOOLS, gold)
     record = machine.teacher(TOOLS, gold, source=query)
-    assert record.ids == plain.ids and record.generated == plain.generated
+    assert record.ids == plain.ids
+    assert all(p or not g for p, g in zip(plain.generated, record.generated, strict=True))
+    forced = [i for i, (p, g) in enumerate(zip(plain.generated, record.generated, strict=True)) if p and not g]
+    if any(ch.isdigit() for ch in query) or "Chez" in query:
+        assert forced, "a copied value should leave at least one forced token"
     generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
     assert len(record.allowed) == len(generated)
     for token, expected, allowed in zip(generated, _inference_allowed(machine, TOOLS, query, generated), record.allowed, strict=True):
@@ -212,9 +217,12 @@ def test_one_mention_feeds_one_value_per_call(bundle, distinct):
     steps = [a for a in _value_steps(machine, "Paris to Paris, 2 adults, 2 rooms", twice) if a is not None and two in a]
     assert len(steps) >= 2
     once = {"origin": "Paris", "destination": "Rome", "adults": 2, "rooms": 2}
-    steps = _value_steps(machine, "Paris or Rome for 2 adults", once)
-    copy_steps_with_two = [a for a in steps if a is not None and two in a and len(a) <= 3]
-    assert len(copy_steps_with_two) == (1 if distinct else 2)
+    # A copy with one way to go is forced: the machine injects that "2" (jump-forward).
+    from hyfunc.schema import Call
+
+    record = machine.teacher([TRIP], [Call(name="trip", arguments=once)], source="Paris or Rome for 2 adults")
+    forced_twos = sum(1 for t, g in zip(record.ids, record.generated, strict=True) if t == two and not g)
+    assert forced_twos == (1 if distinct else 2)
 
 
 def test_a_new_call_may_copy_the_same_mention_again(bundle):

@@ -134,7 +134,8 @@ def test_copy_mode_offers_the_query_spans(kind) -> None:
     query = "what is the weather in New York for 3 days"
     gold = [Call(name="get_weather", arguments={"city": "New York", "days": 3})]
     record = machine.teacher([WEATHER], gold, source=query)
-    assert machine.replay([WEATHER], [t for t, g in zip(record.ids, record.generated, strict=True) if g]) == gold
+    generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
+    assert machine.replay([WEATHER], generated, source=query) == gold
     # The first token of the city is chosen among the query's word-starting tokens only.
     city_step = next(i for i, allowed in enumerate(record.allowed) if allowed and len(allowed) > 2)
     offered = {machine.vocab.token_bytes[t] for t in record.allowed[city_step] if t != machine.vocab.quote_id}
@@ -175,6 +176,7 @@ def test_pulled_base_vocabularies(base) -> None:
     query = "what is the weather in New York for 3 days; email bob@example.com, subject Quarterly report"
     for gold in GOLD:
         record = machine.teacher(ALL_TOOLS, gold, source=query)
-        assert machine.replay(ALL_TOOLS, [t for t, g in zip(record.ids, record.generated, strict=True) if g]) == gold
+        generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
+        assert machine.replay(ALL_TOOLS, generated, source=query) == gold
         text = machine.vocab.render(record.ids).decode("utf-8").replace(machine.end_text, "<|im_end|>")
         assert parse_answer(text) == [c.model_dump() for c in gold]
