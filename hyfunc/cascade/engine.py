@@ -157,7 +157,7 @@ class Cascade:
             return []
         batch_start = time.perf_counter()
 
-        # 1. LML: one forward pass for the whole batch.
+        # 1. LML: each query read once, in one pass per length bucket.
         lml_passes_before = self.intent.forward_passes
         intent = self.intent.soft_tokens([r.query for r in requests])
         lml_passes = self.intent.forward_passes - lml_passes_before
@@ -190,7 +190,8 @@ class Cascade:
                 id=request.id,
                 candidates=[Candidate(name=h.tool.name, score=round(h.score, 6)) for h in hits[i]],
                 tokens=TokenCounts(lml_prompt=intent.prompt_tokens[i]),
-                forward_passes=ForwardPasses(lml=lml_passes),
+                # Each query is read in exactly one LML pass (its length bucket's).
+                forward_passes=ForwardPasses(lml=1 if lml_passes else 0),
                 warnings=request.warnings,
             )
             timings = StageTimings(lml=lml_ms, retrieve=retrieve_ms)

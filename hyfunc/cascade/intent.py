@@ -1,4 +1,5 @@
-"""The intent model (LML): one forward pass per batch distils each query into a soft token.
+"""The intent model (LML): each query is read once, in one batched forward pass, and distilled
+into a soft token.
 
 A causal LM's soft token is its final-layer hidden state at the position where the answer
 would begin (the last prompt token). A sentence encoder's is its mean-pooled output. Function
@@ -23,8 +24,11 @@ class IntentOutput:
 
 
 class IntentEncoder:
-    def __init__(self, model: nn.Module, tokenizer, kind: str, device: torch.device, max_length: int = 512):
+    def __init__(
+        self, model: nn.Module, tokenizer, kind: str, device: torch.device, max_length: int = 512, pad_slack: float = 0.25
+    ):
         self.model = model
+        self.pad_slack = pad_slack  # float("inf"): one pass padded to the longest query
         self.tokenizer = tokenizer
         self.kind = kind
         self.device = device
@@ -48,18 +52,46 @@ class IntentEncoder:
         out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.last_hidden_state.float(), batch["attention_mask"]
 
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, add_special_tokens=self.kind == "encoder"
+        )["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def _texts(self, queries: list[str]) -> list[str]:
+        return [intent_prompt(q, self.tokenizer) for q in queries] if self.kind == "causal" else list(queries)
+
+    def buckets(self, queries: list[str]) -> list[list[int]]:
+        """The passes ``soft_tokens`` runs for these queries: indices per pass."""
+        return self._buckets(self._texts(queries))
+
+    def _buckets(self, texts: list[str]) -> list[list[int]]:
+        if len(texts) <= 1:
+            return [list(range(len(texts)))]
+        return length_buckets(self._token_counts(texts), self.pad_slack)
+
     @torch.inference_mode()
     def soft_tokens(self, queries: list[str]) -> IntentOutput:
-        texts = [intent_prompt(q, self.tokenizer) for q in queries] if self.kind == "causal" else list(queries)
-        hidden, mask = self._hidden(texts)
-        lengths = mask.sum(dim=1)
-        if self.kind == "causal":
-            # Right padding: the answer would begin after each row's last real token.
-            index = (lengths - 1).clamp(min=0)
-            soft = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-        else:
-            soft = _mean_pool(hidden, mask)
-        return IntentOutput(soft, [int(n) for n in lengths.tolist()])
+        texts = self._texts(queries)
+        buckets = self._buckets(texts)
+        soft: torch.Tensor | None = None
+        counts = [0] * len(texts)
+        for bucket in buckets:
+            hidden, mask = self._hidden([texts[i] for i in bucket])
+            lengths = mask.sum(dim=1)
+            if self.kind == "causal":
+                # Right padding: the answer would begin after each row's last real token.
+                index = (lengths - 1).clamp(min=0)
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+            else:
+                pooled = _mean_pool(hidden, mask)
+            if soft is None:
+                soft = pooled.new_empty(len(texts), pooled.shape[1])
+            soft[torch.tensor(bucket, device=pooled.device)] = pooled
+            for i, n in zip(bucket, lengths.tolist(), strict=True):
+                counts[i] = int(n)
+        assert soft is not None
+        return IntentOutput(soft, counts)
 
     @torch.inference_mode()
     def function_embeddings(self, tools: list[Tool], batch_size: int = 32) -> torch.Tensor:
@@ -69,6 +101,26 @@ class IntentEncoder:
             hidden, mask = self._hidden(texts)
             chunks.append(_mean_pool(hidden, mask))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.config.hidden_size)
+
+
+def length_buckets(lengths: list[int], pad_slack: float = 0.25) -> list[list[int]]:
+    """Indices grouped into passes by length: sorted by length, each bucket closed before padding
+    it to its longest member would exceed (1 + pad_slack) x its real tokens. Every index lands
+    in exactly one bucket; buckets come shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        n = max(1, lengths[i])
+        if current and (len(current) + 1) * n > (1 + pad_slack) * (real + n):
+            buckets.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ def test_forced_cascade_writes_gold_with_exact_counts(cascade):
     run_cascade_forced(cascade, ITEMS)  # fill the index
     before = cascade.intent.forward_passes
     batch = run_cascade_forced(cascade, ITEMS)
-    assert cascade.intent.forward_passes - before == 1 == batch.lml_passes  # one LML pass per batch
+    buckets = cascade.intent.buckets([item.query for item in ITEMS])  # one LML pass per length bucket
+    assert cascade.intent.forward_passes - before == len(buckets) == batch.lml_passes
     for row, item in zip(batch.rows, ITEMS, strict=True):
         assert row.error is None
         assert [c.model_dump() for c in row.calls] == [c.model_dump() for c in item.gold]
@@ -105,7 +106,11 @@ def test_latency_and_throughput_rows(cascade, tmp_path):
     assert lat["rows"][2]["generated"] < lat["rows"][1]["generated"]
     tp = bench_throughput(cascade, ITEMS[1:], jobs=2, batch_sizes=(1, 2))
     assert [p["batch_size"] for p in tp["points"]] == [1, 2]
-    assert all(p["lml_passes_per_batch"] == 1.0 for p in tp["points"])
+    work = [ITEMS[1:][i % len(ITEMS[1:])].query for i in range(2)]
+    for p in tp["points"]:
+        size = p["batch_size"]
+        passes = [len(cascade.intent.buckets(work[i : i + size])) for i in range(0, len(work), size)]
+        assert p["lml_passes_per_batch"] == sum(passes) / len(passes)
     png = plot_throughput({"tiny": tp}, tmp_path / "t.png", "t")
     assert png.read_bytes()[:4] == b"\x89PNG"
     text = markdown({"date": "d", "command": "hyfunc bench x", "machine": {}, "dtype": "float32",

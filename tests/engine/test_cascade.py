@@ -47,7 +47,7 @@ def test_batched_equals_one_at_a_time(cascade: Cascade) -> None:
 
 
 def test_pass_counts_per_batch(tiny_config) -> None:
-    """LML: one forward pass per batch (tools already indexed). LMS: one prefill pass plus one pass
+    """LML: one forward pass per length bucket, each query in one (tools already indexed). LMS: one prefill pass plus one pass
     per further decision of the batch's longest row; the shared prefix once per process. (Without
     the prefix cache: with it, a job may wait one step for a prefix another job computes.)"""
     tiny_config.cascade.prefix_cache_bytes = 0
@@ -59,7 +59,7 @@ def test_pass_counts_per_batch(tiny_config) -> None:
         lms_before = cascade.decoder.forward_passes
         index_before = cascade.index_passes
         results = cascade.run(batch)
-        assert cascade.intent.forward_passes - lml_before == 1
+        assert cascade.intent.forward_passes - lml_before == len(cascade.intent.buckets([r.query for r in batch]))
         assert cascade.index_passes == index_before  # nothing new to embed
         assert all(r.forward_passes.lml == 1 for r in results)
         longest = max(r.tokens.generated for r in results)
@@ -73,9 +73,9 @@ def test_pass_counts_per_batch(tiny_config) -> None:
 def test_new_tools_cost_index_passes_not_per_job_passes(cascade: Cascade) -> None:
     before = cascade.intent.forward_passes
     cascade.run(REQUESTS)
-    # One LML pass for the queries plus one for embedding the 6 new tools (one chunk of <= 32).
+    # The queries' LML passes (one per length bucket) plus one for embedding the 6 new tools (one chunk of <= 32).
     assert cascade.index_passes == 1
-    assert cascade.intent.forward_passes - before == 2
+    assert cascade.intent.forward_passes - before == 1 + len(cascade.intent.buckets([r.query for r in REQUESTS]))
     assert cascade.index.embedded_count == len(ALL_TOOLS)
 
 
