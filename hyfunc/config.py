@@ -44,6 +44,13 @@ class CascadeConfig(BaseModel):
     # More jobs than batch_size in one run: rows are refilled as jobs finish (continuous
     # batching); false runs static batches of batch_size one after another.
     continuous: bool = True
+    # Decode passes narrower than the widest row's chunk: a row feeds its chunk's head, carries
+    # the rest and decides a pass later, so a pass is not padded to one row's long injection
+    # (hyfunc/cascade/widths.py). The pass overhead (token units) that sets the width is fitted
+    # from the decode passes' timings on a CPU (null) or fixed here; on CUDA without a value,
+    # passes are never split.
+    split_chunks: bool = True
+    pass_overhead_tokens: float | None = Field(default=None, ge=0)
     # Generated-token budgets (null: unbounded). A job, or one call of it, over its budget
     # fails alone with an error naming the key; the rest of its batch goes on.
     max_job_tokens: int | None = Field(default=2048, ge=1)

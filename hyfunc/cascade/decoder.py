@@ -34,6 +34,7 @@ from hyfunc.cascade.runner import TransformersRunner
 from hyfunc.cascade.sampler import BatchSampler
 from hyfunc.cascade.scheduler import Budgets, DecodeJob, DecodeResult, Row, RowStats, Scheduler
 from hyfunc.cascade.template import CALL_OPEN, TemplateMachine
+from hyfunc.cascade.widths import WidthPolicy
 
 __all__ = ["Budgets", "ContinuousDecoder", "DecodeJob", "DecodeResult", "LMSDecoder", "RowStats"]
 
@@ -50,6 +51,8 @@ class LMSDecoder:
         *,
         prefix_cache_bytes: int = 0,
         budgets: Budgets | None = None,
+        split_chunks: bool = False,
+        pass_overhead_tokens: float | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -62,6 +65,11 @@ class LMSDecoder:
         self.sampler = BatchSampler(self.lm_head, self.vocab_size)
         self.cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.budgets = budgets or Budgets()
+        # Narrower decode passes (widths.py): calibrated from pass timings only where a pass's
+        # time is its cost (a CPU; CUDA calls return before the work is done), or a fixed overhead.
+        self.widths: WidthPolicy | None = None
+        if split_chunks and (pass_overhead_tokens is not None or device.type == "cpu"):
+            self.widths = WidthPolicy(pass_overhead_tokens)
         self.call_open_id = machine.encode(CALL_OPEN)[0]
         self.prefix_ids = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
         self._prefix_kv: KV | None = None
@@ -117,6 +125,7 @@ class ContinuousDecoder:
     ):
         self.decoder = decoder
         self.runner = decoder.runner()
+        self.widths = decoder.widths
         self.scheduler = Scheduler(
             decoder.budgets, decoder.cache, decoder.soft_id, decoder.call_open_id, max_rows, refill=refill
         )
@@ -173,26 +182,50 @@ class ContinuousDecoder:
             return [(row.key, row.result()) for row in finished]
 
         # Running rows decode (one narrow pass), then admitted rows prefill (a pass of their own).
+        # A decode pass may be narrower than a row's chunk (see widths.py): the row feeds the
+        # chunk's head, carries the rest, and makes no decision this step.
         present = list(sched.running)
         running = present[: len(present) - len(admitted)]
         hidden = []
         if running:
-            hidden.append(runner.forward([row.chunk for row in running], [None] * len(running)))
+            lengths = [len(row.chunk) for row in running]
+            width = self.widths.width(lengths) if self.widths is not None else max(lengths)
+            pieces = [row.chunk[:width] for row in running]
+            tp = time.perf_counter()
+            hidden.append(runner.forward(pieces, [None] * len(running)))
+            if self.widths is not None:
+                self.widths.observe(len(running) * max(len(piece) for piece in pieces), time.perf_counter() - tp)
+            for row, piece in zip(running, pieces, strict=True):
+                row.stats.fed_tokens += len(piece)
+                row.chunk = row.chunk[len(piece) :]
+                if row.chunk:
+                    row.stats.carry_passes += 1
             decoder.forward_passes += 1
         if admitted:
             soft = [row.job.soft_embeddings for row in admitted]
             hidden.append(runner.prefill(start_kvs, [row.chunk for row in admitted], soft))
             decoder.forward_passes += 1
+            for row in admitted:
+                row.stats.fed_tokens += len(row.chunk)
+                row.chunk = []
         self.steps += 1
         decoder.steps += 1
         t2 = time.perf_counter()
         fresh = [row.fresh for row in present]
         for r, row in enumerate(present):
-            row.stats.fed_tokens += len(row.chunk)
             row.stats.forward_passes += 1
             if row.fresh:
                 self._remember_prompt(r, row)
-        tokens, errors = self._pick(torch.cat(hidden) if len(hidden) > 1 else hidden[0], present)
+        states = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+        ready = [r for r, row in enumerate(present) if not row.chunk]
+        tokens: list[int | None] = [None] * len(present)
+        errors: dict[int, str] = {}
+        if ready:
+            picked, failed = self._pick(states[ready] if len(ready) < len(present) else states, [present[r] for r in ready])
+            for j, r in enumerate(ready):
+                tokens[r] = picked[j]
+                if j in failed:
+                    errors[r] = failed[j]
         keep, done = sched.update(tokens, errors)
         runner.keep_rows(keep)
         finished.extend(done)
@@ -216,9 +249,10 @@ class ContinuousDecoder:
         cache.insert(row.job.prompt_ids[: row.cacheable], kv)
 
     def _pick(self, hidden: torch.Tensor, rows: list[Row]) -> tuple[list[int], dict[int, str]]:
-        """One batched pick; if it fails (a step no token can satisfy), the rows are picked one by
-        one so that only the offending row fails (its error keyed by its index)."""
-        steps = self.scheduler.steps()
+        """One batched pick for ``rows`` (``hidden``: theirs, in order); if it fails (a step no token
+        can satisfy), the rows are picked one by one so that only the offending row fails (its
+        error keyed by its index in ``rows``)."""
+        steps = [row.pending for row in rows]
         try:
             return self.decoder.sampler.pick(hidden, steps), {}
         except Exception:  # noqa: BLE001 - isolate the failing row below

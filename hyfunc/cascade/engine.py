@@ -55,6 +55,8 @@ class Cascade:
             bundle.device,
             prefix_cache_bytes=self.config.prefix_cache_bytes,
             budgets=Budgets(max_job_tokens=self.config.max_job_tokens, max_call_tokens=self.config.max_call_tokens),
+            split_chunks=self.config.split_chunks,
+            pass_overhead_tokens=self.config.pass_overhead_tokens,
         )
         versions = bundle.versions()
         self.index_version = f"{versions.get('intent', '')}-{versions.get('retriever', '')}"

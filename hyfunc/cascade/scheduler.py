@@ -44,7 +44,8 @@ class RowStats:
     injected: int = 0
     generated: int = 0
     fed_tokens: int = 0  # tokens actually run through the LMS for this row (shared prefix excluded)
-    forward_passes: int = 0
+    forward_passes: int = 0  # == generated + carry_passes
+    carry_passes: int = 0  # passes that fed only part of the row's chunk (no decision; widths.py)
     first_pass: int = 0  # the session step that admitted the row (its passes are the steps from there on)
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
@@ -184,10 +185,10 @@ class Scheduler:
             out.append(row.pending)
         return out
 
-    def update(self, tokens: Sequence[int], errors: dict[int, str] | None = None) -> tuple[list[int], list[Row]]:
+    def update(self, tokens: Sequence[int | None], errors: dict[int, str] | None = None) -> tuple[list[int], list[Row]]:
         """Feed each running row its picked token (``errors``: rows whose pick failed, by index —
-        they fail alone). Returns the indices of the rows still running (for the runner) and the
-        rows that finished."""
+        they fail alone; None: the row still has chunk tokens to feed and made no decision).
+        Returns the indices of the rows still running (for the runner) and the rows that finished."""
         if len(tokens) != len(self.running):
             raise ValueError(f"{len(tokens)} tokens for {len(self.running)} running rows")
         keep: list[int] = []
@@ -197,6 +198,9 @@ class Scheduler:
             if errors and i in errors:
                 self._fail(row, errors[i])
                 finished.append(row)
+                continue
+            if token is None:
+                keep.append(i)  # its chunk's rest goes in the next pass
                 continue
             row.stats.generated += 1
             row.call_tokens += 1

@@ -176,7 +176,9 @@ def test_pulled_base_vocabularies(base) -> None:
     query = "what is the weather in New York for 3 days; email bob@example.com, subject Quarterly report"
     for gold in GOLD:
         record = machine.teacher(ALL_TOOLS, gold, source=query)
-        generated = [t for t, g in zip(record.ids, record.generated, strict=True) if g]
-        assert machine.replay(ALL_TOOLS, generated, source=query) == gold
+        plain = machine.teacher(ALL_TOOLS, gold)  # no copy mode: nothing is jump-forwarded but the template
+        assert plain.ids == record.ids
+        generated = [t for t, g in zip(plain.ids, plain.generated, strict=True) if g]
+        assert machine.replay(ALL_TOOLS, generated) == gold
         text = machine.vocab.render(record.ids).decode("utf-8").replace(machine.end_text, "<|im_end|>")
         assert parse_answer(text) == [c.model_dump() for c in gold]
