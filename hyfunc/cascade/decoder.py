@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hyfunc.cascade.attention import use_cpu_attention
 from hyfunc.cascade.prefix_cache import KV, PrefixCache, kv_cat
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
 from hyfunc.cascade.runner import TransformersRunner
@@ -55,6 +56,8 @@ class LMSDecoder:
         pass_overhead_tokens: float | None = None,
     ):
         self.model = model
+        if device.type == "cpu":
+            use_cpu_attention(model)  # decode passes: matmul attention, not SDPA's slow small-query path
         self.tokenizer = tokenizer
         self.machine = machine
         self.device = device
@@ -167,6 +170,14 @@ class ContinuousDecoder:
         if self.source is not None:
             self._pull(max(0, sched.free_rows() - len(sched.waiting)) if sched.max_rows is not None else 1 << 30)
         admitted, early = sched.admit()
+        groups = [len(admitted)] if admitted else []
+        if len(admitted) > 1 and self.widths is not None:
+            # Prefill in length groups (widths.py): the admitted rows reordered group by group,
+            # in the scheduler too, so rows and runner rows stay in the same order.
+            parts = self.widths.groups([len(row.chunk) for row in admitted])
+            admitted = [admitted[i] for part in parts for i in part]
+            sched.running[len(sched.running) - len(admitted) :] = admitted
+            groups = [len(part) for part in parts]
         prefix = decoder.shared_prefix() if admitted else []
         start_kvs = [kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted]
         for row in admitted:
@@ -203,8 +214,8 @@ class ContinuousDecoder:
             decoder.forward_passes += 1
         if admitted:
             soft = [row.job.soft_embeddings for row in admitted]
-            hidden.append(runner.prefill(start_kvs, [row.chunk for row in admitted], soft))
-            decoder.forward_passes += 1
+            hidden.append(runner.prefill(start_kvs, [row.chunk for row in admitted], soft, groups))
+            decoder.forward_passes += len(groups)
             for row in admitted:
                 row.stats.fed_tokens += len(row.chunk)
                 row.chunk = []

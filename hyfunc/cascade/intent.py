@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hyfunc.cascade.prompts import intent_prompt, tool_text
+from hyfunc.cascade.widths import length_buckets
 from hyfunc.schema import Tool
 
 
@@ -101,26 +102,6 @@ class IntentEncoder:
             hidden, mask = self._hidden(texts)
             chunks.append(_mean_pool(hidden, mask))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.config.hidden_size)
-
-
-def length_buckets(lengths: list[int], pad_slack: float = 0.25) -> list[list[int]]:
-    """Indices grouped into passes by length: sorted by length, each bucket closed before padding
-    it to its longest member would exceed (1 + pad_slack) x its real tokens. Every index lands
-    in exactly one bucket; buckets come shortest first."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    buckets: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        n = max(1, lengths[i])
-        if current and (len(current) + 1) * n > (1 + pad_slack) * (real + n):
-            buckets.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += n
-    if current:
-        buckets.append(current)
-    return buckets
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

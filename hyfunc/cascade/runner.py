@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from hyfunc.cascade.kv_layer import with_growing_layers
 from hyfunc.cascade.prefix_cache import KV, kv_length
 
 
@@ -38,7 +39,9 @@ class ModelRunner(Protocol):
 
     def add_rows(self, kvs: list[KV]) -> None: ...
 
-    def prefill(self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None]) -> torch.Tensor: ...
+    def prefill(
+        self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None], groups: list[int] | None = None
+    ) -> torch.Tensor: ...
 
     def keep_rows(self, index: list[int]) -> None: ...
 
@@ -123,23 +126,36 @@ class TransformersRunner:
                 values[start + j, :, :n] = kv[i][1]
             layers.append((keys, values))
         self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        with_growing_layers(self._cache)  # appends in place (kv_layer.py)
         positions = torch.arange(width, device=self.device)
         self._mask = (positions[None, :] < torch.tensor(lengths, device=self.device)[:, None]).long()
         self._lengths = lengths
 
     @torch.inference_mode()
-    def prefill(self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None]) -> torch.Tensor:
-        """New rows, each starting from its KV, run their first chunk (the prompt) in a pass of
-        their own, then join the batch; returns their last-position hidden states. Running rows
-        never pay for a prompt's width: a joint pass would pad each of them to it."""
-        if not self.rows:
-            self.add_rows(kvs)
-            return self.forward(chunks, soft)
-        joining = TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
-        joining.add_rows(kvs)
-        hidden = joining.forward(chunks, soft)
-        self._merge(joining)
-        return hidden
+    def prefill(
+        self, kvs: list[KV], chunks: list[list[int]], soft: list[torch.Tensor | None], groups: list[int] | None = None
+    ) -> torch.Tensor:
+        """New rows, each starting from its KV, run their first chunk (the prompt) in passes of
+        their own — one per group of ``groups`` consecutive rows (default: one pass) —, then join
+        the batch in order; returns their last-position hidden states. Running rows never pay
+        for a prompt's width: a joint pass would pad each of them to it."""
+        groups = groups or [len(chunks)]
+        if sum(groups) != len(chunks) or min(groups) < 1:
+            raise ValueError(f"prefill groups {groups} do not cover {len(chunks)} rows")
+        hidden = []
+        start = 0
+        for size in groups:
+            part = slice(start, start + size)
+            start += size
+            if not self.rows:
+                self.add_rows(kvs[part])
+                hidden.append(self.forward(chunks[part], soft[part]))
+                continue
+            joining = TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
+            joining.add_rows(kvs[part])
+            hidden.append(joining.forward(chunks[part], soft[part]))
+            self._merge(joining)
+        return torch.cat(hidden) if len(hidden) > 1 else hidden[0]
 
     def _merge(self, other: TransformersRunner) -> None:
         """Append ``other``'s rows after this batch's, both compacted to one width."""
@@ -156,6 +172,7 @@ class TransformersRunner:
             values[self.rows :, :, : tv.shape[2]] = tv
             layers.append((keys, values))
         self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        with_growing_layers(self._cache)  # appends in place (kv_layer.py)
         positions = torch.arange(width, device=self.device)
         self._mask = (positions[None, :] < torch.tensor(lengths, device=self.device)[:, None]).long()
         self._lengths = lengths

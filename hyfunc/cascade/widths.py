@@ -13,6 +13,12 @@ token units: ``overhead`` is what a pass costs beyond its tokens (kernel launche
 Python), fitted online from the decode passes' own timings (least squares of seconds on padded
 tokens) or fixed by ``cascade.pass_overhead_tokens``. A large overhead keeps the widest chunk (one
 pass per decision, no carry); a small one trims the outliers. One row is never split (no padding).
+
+Prompts are not carried (a prompt fed over many passes would delay its row's first decision by
+as many passes); rows joining the batch are instead prefilled in length groups, one pass each,
+the partition of their sorted lengths that minimises the sum over groups of (overhead + rows x
+longest): one job whose candidates missed the prefix cache (160 prompt tokens) no longer pads 28
+jobs that hit it (40 tokens) to its width.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ class WidthPolicy:
             return math.inf  # time does not grow with tokens here: padding is free, never split
         return max(0.0, (my - slope * mx) / slope)
 
+    def groups(self, lengths: list[int]) -> list[list[int]]:
+        """Indices of ``lengths`` in prefill groups (shortest first); one group while uncalibrated."""
+        return partition(lengths, self.overhead())
+
     def width(self, lengths: list[int]) -> int:
         widest = max(lengths)
         if len(lengths) == 1 or widest == 1:
@@ -68,3 +78,47 @@ class WidthPolicy:
         self.carried += sum(max(0, n - best) for n in lengths)
         self.padded_saved += rows * (widest - best)
         return best
+
+
+def partition(lengths: list[int], overhead: float) -> list[list[int]]:
+    """Indices grouped into passes, minimising the sum over passes of (overhead + rows x widest):
+    an exact dynamic programme over the lengths in sorted order (an optimal grouping of padded
+    passes is contiguous in length). Infinite overhead: one pass."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if math.isinf(overhead) or len(order) <= 1:
+        return [order] if order else []
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cheapest cost of the first j sorted lengths
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        widest = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + overhead + (j - i) * widest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def length_buckets(lengths: list[int], pad_slack: float = 0.25) -> list[list[int]]:
+    """Indices grouped into passes by length where no pass overhead is known (the LML): sorted by
+    length, each bucket closed before padding it to its longest member would exceed
+    (1 + pad_slack) x its real tokens. Every index lands in exactly one bucket, shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        n = max(1, lengths[i])
+        if current and (len(current) + 1) * n > (1 + pad_slack) * (real + n):
+            buckets.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        buckets.append(current)
+    return buckets

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyfunc.cascade.intent import length_buckets
+from hyfunc.cascade.widths import length_buckets
 
 
 @settings(max_examples=200, deadline=None)

@@ -76,3 +76,36 @@ def test_split_passes_give_the_same_calls_and_tokens(tiny_bundle, machine, make_
     assert sum(y.stats.carry_passes for y in b) > 0
     # Fewer padded tokens: every decode pass is as narrow as its cheapest width.
     assert narrow.widths.padded_saved > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=200), max_size=24), st.floats(min_value=0, max_value=400))
+def test_prefill_groups_are_the_cheapest_partition(lengths, overhead):
+    """The dynamic programme's groups cover every row once and cost no more than one pass, than one
+    pass per row, or than any split of the sorted lengths in two."""
+    from hyfunc.cascade.widths import partition
+
+    groups = partition(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+
+    def cost(parts) -> float:
+        return sum(overhead + len(p) * max(lengths[i] for i in p) for p in parts if p)
+
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    rivals = [[order], [[i] for i in order]] + [[order[:k], order[k:]] for k in range(1, len(order))]
+    assert all(cost(groups) <= cost(r) + 1e-6 for r in rivals if lengths)
+    assert partition(lengths, math.inf) == ([order] if lengths else [])
+
+
+def test_grouped_prefill_gives_the_same_calls(tiny_bundle, machine, make_machine):
+    """Rows admitted together prefill in several length groups (one pass each) and decide as in one pass."""
+    whole = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    grouped = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device,
+                         split_chunks=True, pass_overhead_tokens=1.0)
+    a = whole.decode([make_job(s, tiny_bundle, make_machine)[0] for s in SPECS])
+    before = grouped.forward_passes
+    b = grouped.decode([make_job(s, tiny_bundle, make_machine)[0] for s in SPECS])
+    assert grouped.forward_passes - before > max(r.stats.forward_passes for r in b)  # >1 prefill pass
+    for x, y in zip(a, b, strict=True):
+        assert [c.model_dump() for c in x.calls] == [c.model_dump() for c in y.calls]
+        assert (x.stats.generated, x.stats.injected, x.stats.fed_tokens) == (y.stats.generated, y.stats.injected, y.stats.fed_tokens)

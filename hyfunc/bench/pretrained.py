@@ -1,0 +1,126 @@
+"""Speed of a cascade whose LMS is a pretrained base (a pulled SmolLM2-135M or Gemma 3 270M).
+
+No fine-tuned pretrained-LMS models ship (fine-tuning one needs a GPU: README, issue 9), so the
+models measured here are the demo cascade's MiniLM intent model and retriever with the LMS
+swapped for the pulled base and a zero projector (its soft slot adds nothing). What an untuned
+LMS writes is not what a tuned one would, but the work per job — the prompt, the passes, the
+head — is the same shape, and the counts of tokens and passes are reported beside the times.
+
+Rows: p50 ms per call at batch 1 and jobs/s at batch 1 and 32, per dtype (float32 and bfloat16:
+on a CPU with AVX-512 BF16 the half-width weights are read and multiplied much faster), after a
+warm-up run of the same toolsets with other queries (each query prefixed with a greeting), so the
+prefix cache holds the candidates' schemas but none of the measured queries — the steady state
+of a service that keeps seeing the same toolsets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from hyfunc.bench.stats import r
+
+DEFAULT_BASE = "smollm2-135m-instruct"
+
+
+def write_base_lms_models(dest: Path, demo_dir: Path, base: str = DEFAULT_BASE) -> Path:
+    """A models directory: ``demo_dir``'s intent model and retriever, ``base:<base>`` as the LMS and
+    a zero projector sized for it. The base must be pulled (`hyfunc models pull BASE`)."""
+    import torch
+
+    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.bundle import save_module, stamp_versions
+    from hyfunc.models.cache import base_dir, read_marker
+
+    directory = base_dir(base)
+    if read_marker(directory) is None:
+        raise FileNotFoundError(f"{base} is not pulled: run `hyfunc models pull {base}`")
+    config = json.loads((directory / "config.json").read_text())
+    hidden = int(config.get("hidden_size") or config["text_config"]["hidden_size"])
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((demo_dir / "hyfunc.json").read_text())
+    shutil.copytree(demo_dir / manifest["retriever_path"], dest / "retriever", dirs_exist_ok=True)
+    demo_projector = json.loads((demo_dir / manifest["projector_path"] / "config.json").read_text())
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=demo_projector["input_dim"], output_dim=hidden,
+                                                   hidden_dim=16, num_tokens=demo_projector["num_tokens"]))
+    with torch.no_grad():
+        for p in projector.parameters():
+            p.zero_()
+    save_module(projector, projector.config_dict(), dest / "projector")
+    manifest.update({"name": f"hyfunc-demo-{base}", "lms_path": f"base:{base}", "retriever_path": "retriever",
+                     "projector_path": "projector", "versions": {}})
+    # The base was never trained on best-first prompts: serve the cache-friendly canonical order.
+    manifest.setdefault("decoding", {})["prompt_order"] = "canonical"
+    (dest / "hyfunc.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    stamp_versions(dest)
+    return dest
+
+
+def bench_pretrained(demo_dir: Path | None, base: str = DEFAULT_BASE, n: int = 32, device: str = "cpu",
+                     dtypes: tuple[str, ...] | None = None, log=print) -> dict[str, Any]:
+    import tempfile
+
+    from hyfunc.models.cache import base_dir, read_marker
+
+    if demo_dir is None:
+        return {"skipped": "no demo models (the intent model and retriever come from them)"}
+    if read_marker(base_dir(base)) is None:
+        return {"skipped": f"{base} is not pulled (`hyfunc models pull {base}`)"}
+    dtypes = dtypes or (("bfloat16",) if device.startswith("cuda") else ("float32", "bfloat16"))
+    out: dict[str, Any] = {"base": base, "jobs": n, "device": device,
+                           "targets": {"jobs_per_s_at_batch_32": 4.0, "p50_ms_at_batch_1": 500.0}}
+    with tempfile.TemporaryDirectory(prefix="hyfunc-bench-pretrained-") as tmp:
+        models = write_base_lms_models(Path(tmp) / "models", demo_dir, base)
+        for dtype in dtypes:
+            out[dtype] = _measure(models, n, device, dtype, log)
+    return out
+
+
+def _measure(models: Path, n: int, device: str, dtype: str, log) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from hyfunc.bench.runs import load_cascade, run_cascade_free
+    from hyfunc.bench.workload import demo_inputs
+
+    items = demo_inputs(n)
+    warm = [replace(item, query="Hi! " + item.query) for item in items]
+    cascade = load_cascade(models, device, dtype)
+    cascade.config.batch_size = n  # one decoder row per job of the batch
+    out: dict[str, Any] = {"lms_parameters": sum(p.numel() for p in cascade.bundle.lms.parameters()),
+                           "vocab": int(cascade.bundle.lms.config.vocab_size), "dtype": dtype}
+    points = {}
+    per_call: list[float] = []
+    for size in (n, 1):
+        # Each measured run starts from the same state: a cache warmed by other queries only.
+        if cascade.decoder.cache is not None:
+            cascade.decoder.cache.clear()
+        log(f"[pretrained {dtype}] warm-up: {n} jobs, other queries on the same toolsets")
+        run_cascade_free(cascade, warm)
+        start = time.perf_counter()
+        results = []
+        for s in range(0, n, size):
+            ms, res = run_cascade_free(cascade, items[s : s + size])
+            results.extend(res)
+            if size == 1:
+                per_call.append(ms)
+        wall = time.perf_counter() - start
+        log(f"[pretrained {dtype}] batch {size}: {n / wall:.2f} jobs/s")
+        points[size] = {
+            "jobs_per_s": r(n / wall, 3),
+            "wall_s": r(wall, 2),
+            "lms_passes_per_job": r(sum(x.forward_passes.lms for x in results) / n, 2),
+            "prompt_computed_per_job": r(sum(x.tokens.prompt_computed for x in results) / n, 1),
+            "prompt_reused_per_job": r(sum(x.tokens.prompt_reused for x in results) / n, 1),
+            "generated_per_job": r(sum(x.tokens.generated for x in results) / n, 2),
+            "injected_per_job": r(sum(x.tokens.injected for x in results) / n, 2),
+            "errors": sum(1 for x in results if x.error),
+        }
+    out["batch 1"] = points[1] | {"p50_ms_per_call": r(statistics.median(per_call), 1),
+                                  "p95_ms_per_call": r(sorted(per_call)[int(0.95 * (len(per_call) - 1))], 1)}
+    out[f"batch {n}"] = points[n]
+    out["batch_over_batch1"] = r(points[n]["jobs_per_s"] / points[1]["jobs_per_s"], 2)
+    return out
