@@ -78,6 +78,11 @@ class WorkerConfig(BaseModel):
     queue: str = "hyfunc"
     flush_every: int = Field(default=16, ge=1)
     flush_interval: float = Field(default=0.2, gt=0)
+    # The worker's cascade runs in a feeder thread (hyfunc/cascade/feeder.py): jobs of every
+    # message batch join one running decoder session as rows free up, so with a thread pool
+    # (`hyfunc worker --pool threads --concurrency N`) one batch decodes while another is
+    # claimed or written. false: each batch runs Cascade.run on its own.
+    continuous_feed: bool = True
     lease_seconds: int = Field(default=300, ge=1)
     sweep_interval: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)

@@ -1,7 +1,8 @@
 """What a worker runs a batch with: the cascade, loaded once per worker process.
 
 Anything with `run(list[CallRequest]) -> list[CallResult]` and a `model_versions` dict
-is a runner; `Cascade` is one. HYFUNC_WORKER_RUNNER=module:factory swaps in another
+is a runner; `Cascade` is one, and `CascadeFeeder` (the default, `worker.continuous_feed`)
+runs a cascade's batches through one continuously fed decoder session. HYFUNC_WORKER_RUNNER=module:factory swaps in another
 (factory(config) -> runner), e.g. a remote model server client.
 """
 
@@ -36,7 +37,12 @@ def build_runner(config: HyFuncConfig) -> BatchRunner:
         return factory(config)  # type: ignore[operator]
     from hyfunc.cascade import Cascade
 
-    return Cascade.load(config)
+    cascade = Cascade.load(config)
+    if config.worker.continuous_feed:
+        from hyfunc.cascade.feeder import CascadeFeeder
+
+        return CascadeFeeder(cascade)
+    return cascade
 
 
 _lock = threading.Lock()

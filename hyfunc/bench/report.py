@@ -126,6 +126,10 @@ def markdown(report: dict[str, Any]) -> str:
         from hyfunc.bench.constraints import markdown_section
 
         out += markdown_section(results["constraints"])
+    if "pretrained" in results:
+        from hyfunc.bench.pretrained import markdown_section as pretrained_section
+
+        out += pretrained_section(results["pretrained"])
     if report.get("errors"):
         out += ["## Errors", ""] + [f"- {k}: {v}" for k, v in report["errors"].items()] + [""]
     return "\n".join(out)

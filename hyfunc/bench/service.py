@@ -105,18 +105,34 @@ def bench_service(
     if problem:
         return {"skipped": problem}
     runs = {}
-    for label, continuous in (("static", False), ("continuous", True)):
+    # static: each worker batch decodes in static batches of `rows`; within a batch: rows refilled
+    # as jobs finish, but a batch still ends with its longest job; fed: the worker's feeder keeps
+    # one decoder session running across batches, and a thread pool lets the next batch be
+    # claimed (and the last written) while it decodes.
+    plans = (
+        ("static", {"batch_size": rows, "continuous": False}, False, "solo"),
+        ("continuous within a batch", {"batch_size": rows, "continuous": True}, False, "solo"),
+        ("continuous", {"batch_size": rows, "continuous": True}, True, "threads"),
+    )
+    for label, cascade_keys, feed, pool in plans:
         runs[label] = _service_run(models_dir, items, jobs=jobs, flush_every=flush_every, device=device, dtype=dtype,
-                                   pg_admin=pg_admin, redis_url=redis_url, timeout=timeout,
-                                   cascade={"batch_size": rows, "continuous": continuous})
+                                   pg_admin=pg_admin, redis_url=redis_url, timeout=timeout, cascade=cascade_keys,
+                                   feed=feed, pool=pool)
     out = dict(runs["continuous"])
     static_rate, cont_rate = runs["static"]["service_jobs_per_s"], runs["continuous"]["service_jobs_per_s"]
+    within = runs["continuous within a batch"]["service_jobs_per_s"]
     out["decoder_rows"] = rows
+    out["continuous_worker"] = f"feeder (worker.continuous_feed), --pool threads --concurrency {FEED_THREADS}"
     out["static_service_jobs_per_s"] = static_rate
     out["static_service_ms_per_job"] = runs["static"]["service_ms_per_job"]
+    out["within_batch_service_jobs_per_s"] = within
+    out["within_batch_over_static"] = r(within / static_rate, 3) if static_rate and within else None
     out["continuous_over_static"] = r(cont_rate / static_rate, 3) if static_rate and cont_rate else None
     out["target_continuous_over_static"] = 1.3
     return out
+
+
+FEED_THREADS = 2  # worker threads (message batches in flight) for the fed run
 
 
 def _service_run(
@@ -131,6 +147,8 @@ def _service_run(
     redis_url: str,
     timeout: float,
     cascade: dict[str, Any],
+    feed: bool = False,
+    pool: str = "solo",
 ) -> dict[str, Any]:
     import httpx
     import psycopg
@@ -156,7 +174,8 @@ def _service_run(
             "models": {"dir": str(models_dir), "device": device, "dtype": dtype},
             "cascade": cascade,
             "store": {"url": db_url, "record_runs": False},
-            "worker": {"broker_url": redis_url, "queue": queue, "flush_every": flush_every, "flush_interval": 0.05},
+            "worker": {"broker_url": redis_url, "queue": queue, "flush_every": flush_every, "flush_interval": 0.05,
+                       "continuous_feed": feed},
             "limits": {"max_batch_size": max(1000, jobs)},
             "api": {"host": "127.0.0.1", "port": port},
         }
@@ -164,6 +183,7 @@ def _service_run(
         config_path.write_text(yaml.safe_dump(config))
         hyfunc = [sys.executable, "-m", "hyfunc.cli"]
         procs.append(_Proc(hyfunc + ["worker", "--config", str(config_path), "--loglevel", "warning",
+                                     "--pool", pool, "--concurrency", str(FEED_THREADS if pool == "threads" else 1),
                                      "--name", f"bench-{uuid.uuid4().hex[:6]}@%h"], work / "worker.log"))
         procs.append(_Proc(hyfunc + ["api", "--config", str(config_path), "--loglevel", "warning"], work / "api.log"))
         base = f"http://127.0.0.1:{port}"

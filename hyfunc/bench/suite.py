@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-KINDS = ("latency", "throughput", "tokens", "service", "memory", "constraints")
+KINDS = ("latency", "throughput", "tokens", "service", "memory", "constraints", "pretrained")
 DEMO_MODELS = Path("models/demo")
 
 
@@ -155,4 +155,8 @@ def _run_one(kind, options, dtype, out, cascade, inputs, demo_cascade, demo_item
         from hyfunc.bench.constraints import bench_constraints
 
         return bench_constraints(demo_dir, options.demo_n, options.tokenizers)
+    if kind == "pretrained":
+        from hyfunc.bench.pretrained import bench_pretrained
+
+        return bench_pretrained(demo_dir, device=options.device, log=lambda m: print(m, file=sys.stderr))
     raise ValueError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)} or all")

@@ -146,6 +146,26 @@ class ContinuousDecoder:
         # A source not yet exhausted may hold more jobs; step() pulls them (inside its timing).
         return self.scheduler.has_work() or self.source is not None
 
+    def job_keys(self) -> list[Any]:
+        """The keys of the jobs waiting or running in this session."""
+        return [key for key, _, _ in self.scheduler.waiting] + [row.key for row in self.scheduler.running]
+
+    def cancel(self, keys: set[Any]) -> int:
+        """Drop these jobs (waiting or running) between steps; returns how many were dropped."""
+        sched = self.scheduler
+        before = len(sched.waiting) + len(sched.running)
+        sched.waiting = type(sched.waiting)(w for w in sched.waiting if w[0] not in keys)
+        keep = [i for i, row in enumerate(sched.running) if row.key not in keys]
+        for row in sched.running:
+            if row.key in keys:
+                row.job.program.close()
+        if len(keep) < len(sched.running):
+            sched.running = [sched.running[i] for i in keep]
+            self.runner.keep_rows(keep)
+        for key in keys:
+            self._since.pop(key, None)
+        return before - len(sched.waiting) - len(sched.running)
+
     def _pull(self, n: int) -> int:
         """Move up to n jobs from the source into the waiting queue (building their programs)."""
         got = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -157,6 +158,18 @@ class Cascade:
         time from the batch entering the cascade until the job's decoder row finished."""
         if not requests:
             return []
+        prepared = self.prepare(requests)
+        decoded: dict[int, DecodeResult] = {}
+        if prepared.selected:
+            outs = self._decode(self.decode_jobs(prepared), len(prepared.selected))
+            decoded = dict(zip(prepared.selected, outs, strict=True))
+        results = self.assemble(prepared, decoded)
+        log.debug("batch of %d in %.1f ms", len(requests), (time.perf_counter() - prepared.start) * 1000)
+        return results
+
+    @torch.inference_mode()
+    def prepare(self, requests: list[CallRequest]) -> Prepared:
+        """Stages 1 and 2 for a batch: the LML soft tokens, retrieval, the relevance gate, the projector."""
         batch_start = time.perf_counter()
 
         # 1. LML: each query read once, in one pass per length bucket.
@@ -179,58 +192,75 @@ class Cascade:
         if selected:
             projected = self.bundle.projector(intent.soft_tokens[selected].to(self.bundle.device, self.bundle.dtype))
         retrieve_ms = (time.perf_counter() - t1) * 1000
+        return Prepared(requests, batch_start, intent.prompt_tokens, lml_passes, lml_ms, retrieve_ms, hits, threshold,
+                        selected, projected)
 
-        # 3. LMS for the jobs that passed the gate.
-        decoded: dict[int, DecodeResult] = {}
-        if selected:
-            outs = self._decode(self._jobs(requests, hits, selected, projected), len(selected))
-            decoded = dict(zip(selected, outs, strict=True))
+    def decode_jobs(self, prepared: Prepared) -> Iterator[DecodeJob]:
+        """Stage 3's jobs, one per request that passed the gate (in ``prepared.selected`` order)."""
+        return self._jobs(prepared.requests, prepared.hits, prepared.selected, prepared.projected)
 
-        results = []
-        for i, request in enumerate(requests):
-            result = CallResult(
-                id=request.id,
-                candidates=[Candidate(name=h.tool.name, score=round(h.score, 6)) for h in hits[i]],
-                tokens=TokenCounts(lml_prompt=intent.prompt_tokens[i]),
-                # Each query is read in exactly one LML pass (its length bucket's).
-                forward_passes=ForwardPasses(lml=1 if lml_passes else 0),
-                warnings=request.warnings,
-            )
-            timings = StageTimings(lml=lml_ms, retrieve=retrieve_ms)
-            if i in decoded:
-                out = decoded[i]
-                stats = out.stats
-                timings.lms_wait = stats.wait_ms
-                timings.program = stats.program_ms
-                timings.lms_prefill = stats.prefill_ms
-                timings.lms_decode = stats.decode_ms
-                timings.sample = stats.sample_ms
-                result.tokens.lms_prompt = stats.prompt_tokens
-                result.tokens.prompt_reused = stats.prompt_reused
-                result.tokens.prompt_computed = stats.prompt_computed
-                result.tokens.injected = stats.injected
-                result.tokens.generated = stats.generated
-                result.tokens.shared_prefix = len(self.decoder.prefix_ids)
-                result.forward_passes.lms = stats.forward_passes
-                if out.error:
-                    result.error = out.error
-                else:
-                    problems = [p for call in out.calls for p in validate_call(call, request.tools)]
-                    if problems:
-                        result.error = "LMS output failed schema validation: " + "; ".join(problems)
-                    else:
-                        result.calls = out.calls
+    def assemble(self, prepared: Prepared, decoded: dict[int, DecodeResult]) -> list[CallResult]:
+        """The results: decoded jobs (by request index) validated against their tools, the rest no-calls."""
+        return [self.assemble_one(prepared, i, decoded.get(i)) for i in range(len(prepared.requests))]
+
+    def assemble_one(self, prepared: Prepared, i: int, out: DecodeResult | None) -> CallResult:
+        request, hits = prepared.requests[i], prepared.hits
+        result = CallResult(
+            id=request.id,
+            candidates=[Candidate(name=h.tool.name, score=round(h.score, 6)) for h in hits[i]],
+            tokens=TokenCounts(lml_prompt=prepared.prompt_tokens[i]),
+            # Each query is read in exactly one LML pass (its length bucket's).
+            forward_passes=ForwardPasses(lml=1 if prepared.lml_passes else 0),
+            warnings=request.warnings,
+        )
+        timings = StageTimings(lml=prepared.lml_ms, retrieve=prepared.retrieve_ms)
+        if out is not None:
+            stats = out.stats
+            timings.lms_wait = stats.wait_ms
+            timings.program = stats.program_ms
+            timings.lms_prefill = stats.prefill_ms
+            timings.lms_decode = stats.decode_ms
+            timings.sample = stats.sample_ms
+            result.tokens.lms_prompt = stats.prompt_tokens
+            result.tokens.prompt_reused = stats.prompt_reused
+            result.tokens.prompt_computed = stats.prompt_computed
+            result.tokens.injected = stats.injected
+            result.tokens.generated = stats.generated
+            result.tokens.shared_prefix = len(self.decoder.prefix_ids)
+            result.forward_passes.lms = stats.forward_passes
+            if out.error:
+                result.error = out.error
             else:
-                best = hits[i][0].score if hits[i] else float("nan")
-                result.no_call_reason = (
-                    f"no tool is relevant enough: best score {best:.3f} < threshold {threshold:.3f}"
-                )
-            rounded = {k: round(v, 3) for k, v in timings.model_dump().items() if k != "total"}
-            rounded["total"] = round(sum(rounded.values()), 3)
-            result.timings_ms = StageTimings(**rounded)
-            results.append(result)
-        log.debug("batch of %d in %.1f ms", len(requests), (time.perf_counter() - batch_start) * 1000)
-        return results
+                problems = [p for call in out.calls for p in validate_call(call, request.tools)]
+                if problems:
+                    result.error = "LMS output failed schema validation: " + "; ".join(problems)
+                else:
+                    result.calls = out.calls
+        else:
+            best = hits[i][0].score if hits[i] else float("nan")
+            result.no_call_reason = (
+                f"no tool is relevant enough: best score {best:.3f} < threshold {prepared.threshold:.3f}"
+            )
+        rounded = {k: round(v, 3) for k, v in timings.model_dump().items() if k != "total"}
+        rounded["total"] = round(sum(rounded.values()), 3)
+        result.timings_ms = StageTimings(**rounded)
+        return result
+
+
+@dataclass
+class Prepared:
+    """A batch after the LML and retrieval: what decoding and result assembly need."""
+
+    requests: list[CallRequest]
+    start: float  # perf_counter when the batch entered the cascade
+    prompt_tokens: list[int]  # LML prompt tokens per request
+    lml_passes: int
+    lml_ms: float
+    retrieve_ms: float
+    hits: list
+    threshold: float
+    selected: list[int]  # requests that passed the relevance gate, in decoding order
+    projected: torch.Tensor | None  # their projected soft tokens (row j: request selected[j])
 
 
 def canonical_order(tools: list[Tool]) -> list[Tool]:

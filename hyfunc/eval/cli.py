@@ -221,7 +221,7 @@ def add_eval_commands(sub) -> None:
     retrieval.set_defaults(func=cmd_eval_retrieval)
 
     bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
-    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "constraints", "all"])
+    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "constraints", "pretrained", "all"])
     bench.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                        help="default bfloat16 on cuda, float32 on cpu")
