@@ -154,15 +154,8 @@ def forced(program) -> Generator[Any, int | None, list[Call]]:
     The decoder then runs exactly the passes and injections the trained model would on a
     correct answer, whatever the random weights prefer.
     """
-    from hyfunc.cascade.template import Generate
+    from hyfunc.cascade.template import Generate, rewrite_steps
 
-    send: int | None = None
-    while True:
-        try:
-            step = program.send(send)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(step, Generate):
-            send = yield Generate([step.gold], step.gold)
-        else:
-            send = yield step
+    return (yield from rewrite_steps(
+        program, lambda step: Generate([step.gold], step.gold) if isinstance(step, Generate) else step
+    ))

@@ -28,7 +28,7 @@ import copy
 import json
 import re
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -735,6 +735,35 @@ class TemplateMachine:
             pos += 1
 
 
+def rewrite_steps(program: Program, rewrite: Callable[[Step], Step | int]) -> Program:
+    """Run ``program`` with each of its steps passed through ``rewrite``, which returns the step to
+    yield in its place, or a token id that answers a ``Generate`` itself (the token is then
+    injected and sent back to the program)."""
+    send: int | None = None
+    while True:
+        try:
+            step = program.send(send)
+        except StopIteration as stop:
+            return stop.value
+        out = rewrite(step)
+        if isinstance(out, int):
+            yield Inject([out])
+            send = out
+        else:
+            send = yield out
+
+
+def _forced_token(step: Step) -> Step | int:
+    if (
+        isinstance(step, Generate)
+        and isinstance(step.allowed, list)
+        and len(step.allowed) == 1
+        and (step.gold is None or step.gold == step.allowed[0])
+    ):
+        return step.allowed[0]
+    return step
+
+
 def jump_forward(program: Program) -> Program:
     """Forced decisions become injections: a ``Generate`` that allows exactly one token (a copy
     span with one way to go on, a number literal's next digit, ...) is yielded as ``Inject`` of
@@ -742,24 +771,7 @@ def jump_forward(program: Program) -> Program:
     the decoder just spends no decision (and no pass) on them, and teacher mode records them as
     injected, so training scores only what inference asks. A forced step whose gold token is a
     different one is left a ``Generate`` (teacher mode then reports the gold as not allowed)."""
-    send: int | None = None
-    while True:
-        try:
-            step = program.send(send)
-        except StopIteration as stop:
-            return stop.value
-        send = None
-        if (
-            isinstance(step, Generate)
-            and isinstance(step.allowed, list)
-            and len(step.allowed) == 1
-            and (step.gold is None or step.gold == step.allowed[0])
-        ):
-            token = step.allowed[0]
-            yield Inject([token])
-            send = token
-        else:
-            send = yield step
+    return rewrite_steps(program, _forced_token)
 
 
 def _literal_index(literals: list[Any], gold: Any) -> int:
