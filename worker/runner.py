@@ -37,12 +37,13 @@ def build_runner(config: HyFuncConfig) -> BatchRunner:
         return factory(config)  # type: ignore[operator]
     from hyfunc.cascade import Cascade
 
-    cascade = Cascade.load(config)
     if config.worker.continuous_feed:
         from hyfunc.cascade.feeder import CascadeFeeder
 
-        return CascadeFeeder(cascade)
-    return cascade
+        # One model thread loads the models and runs them: no other thread of the worker ever
+        # issues a torch op (each would keep an OpenMP team spinning on the cores).
+        return CascadeFeeder.start(lambda: Cascade.load(config), driver="thread")
+    return Cascade.load(config)
 
 
 _lock = threading.Lock()

@@ -10,7 +10,11 @@ written to the database, another's jobs are decoding.
 Model work runs in one caller thread at a time (the *driver*, leader/follower): a caller whose
 batch is not done takes the drive lock and steps the session, handling every caller's
 arrivals, until its own batch is done; then the next waiting caller takes over. With one caller
-(a solo pool) that is the very thread ``Cascade.run`` would run in. The feeder is a runner
+(a solo pool) that is the very thread ``Cascade.run`` would run in. With several caller threads
+(a thread pool) use ``driver="thread"``, made by ``CascadeFeeder.start(load, "thread")``: one
+model thread loads the cascade and does all model work, because torch ops issued from several
+threads each keep an OpenMP team busy-waiting on the cores (measured: a second thread's matmuls
+at half speed while the first lives). The feeder is a runner
 (``run(requests) -> results``, ``model_versions``), so the worker's batch mechanics — claims,
 deadlines, job-by-job isolation — are unchanged:
 
@@ -27,6 +31,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,11 +61,17 @@ class _Batch:
 
 
 class CascadeFeeder:
-    def __init__(self, cascade, max_rows: int | None = None, poll_seconds: float = 0.01):
+    def __init__(self, cascade, max_rows: int | None = None, poll_seconds: float = 0.01, driver: str = "callers"):
+        if driver not in ("callers", "thread"):
+            raise ValueError(f"driver must be 'callers' or 'thread', got {driver!r}")
         self.cascade = cascade
-        self.max_rows = max_rows or cascade.config.batch_size
+        self.max_rows = max_rows or (cascade.config.batch_size if cascade is not None else None)
         self.poll_seconds = poll_seconds  # how long a waiting caller waits for the drive lock at a time
+        self.driver = driver
         self._lock = threading.Lock()  # guards _incoming and _cancelled
+        self._wake = threading.Condition(self._lock)  # driver="thread": new work for the model thread
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self._drive = threading.Lock()  # held by the caller running model work
         self._incoming: list[_Batch] = []
         self._cancelled: list[_Batch] = []
@@ -71,6 +82,38 @@ class CascadeFeeder:
         self.sessions = 0  # decoder sessions started (a new one after a failed or interrupted pass)
         self.max_live_batches = 0  # most caller batches decoding in one session at once
 
+    @classmethod
+    def start(cls, load: Callable[[], Any], driver: str = "callers", **options: Any) -> CascadeFeeder:
+        """A feeder around the cascade ``load()`` returns, loaded in the thread that will run the
+        models: with ``driver="thread"`` that is the model thread, so no other thread of the
+        process ever runs a torch op. (An OpenMP team stays hot in every live thread that used
+        torch: measured here, a matmul loop in a second thread runs at half speed for as long as
+        the first is alive — a Celery worker's main thread that loaded the models, say.)"""
+        if driver != "thread":
+            return cls(load(), driver=driver, **options)
+        feeder = cls(None, driver="thread", **options)
+        loaded = threading.Event()
+        failure: list[BaseException] = []
+
+        def model_thread() -> None:
+            try:
+                feeder.cascade = load()
+                if feeder.max_rows is None:
+                    feeder.max_rows = feeder.cascade.config.batch_size
+            except BaseException as err:  # noqa: BLE001 - reported to the caller of start()
+                failure.append(err)
+                return
+            finally:
+                loaded.set()
+            feeder._drive_forever()
+
+        feeder._thread = threading.Thread(target=model_thread, name="hyfunc-model", daemon=True)
+        feeder._thread.start()
+        loaded.wait()
+        if failure:
+            raise failure[0]
+        return feeder
+
     @property
     def model_versions(self) -> dict[str, str]:
         return self.cascade.model_versions
@@ -79,71 +122,104 @@ class CascadeFeeder:
         if not requests:
             return []
         batch = _Batch(list(requests))
-        with self._lock:
+        if self.driver == "thread":
+            self._ensure_thread()
+        with self._wake:
             self._incoming.append(batch)
+            self._wake.notify()
         try:
             while not batch.done.is_set():
-                if self._drive.acquire(timeout=self.poll_seconds):
+                if self.driver == "thread":
+                    batch.done.wait(self.poll_seconds)  # short waits: a deadline lands promptly
+                elif self._drive.acquire(timeout=self.poll_seconds):
                     try:
                         self._drive_until(batch)
                     finally:
                         self._drive.release()
         except BaseException:
             batch.cancelled = True
-            with self._lock:
+            with self._wake:
                 self._cancelled.append(batch)
+                self._wake.notify()
             raise
         if batch.error is not None:
             raise batch.error
         assert batch.results is not None
         return batch.results
 
-    def close(self) -> None:
-        """Nothing runs between calls; kept for runners that hold resources."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the model thread (driver="thread"); with driver="callers" nothing runs between calls."""
+        if self._thread is not None:
+            with self._wake:
+                self._stopping = True
+                self._wake.notify()
+            self._thread.join(timeout)
+
+    def _ensure_thread(self) -> None:
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                if self._stopping:
+                    raise RuntimeError("the cascade feeder was closed")
+                self._thread = threading.Thread(target=self._drive_forever, name="hyfunc-model", daemon=True)
+                self._thread.start()
 
     # -- driving (one thread at a time, holding _drive) --------------------------------------------
 
     def _drive_until(self, own: _Batch) -> None:
         while not own.done.is_set():
-            with self._lock:
-                incoming, self._incoming = self._incoming, []
-                cancelled, self._cancelled = self._cancelled, []
-            for batch in cancelled:
-                self._cancel(batch)
-            for i, batch in enumerate(incoming):
-                try:
-                    self._admit(batch)
-                except BaseException:  # interrupted (a deadline): the rest go back in the queue
-                    with self._lock:
-                        self._incoming[:0] = [b for b in incoming[i:] if b.number not in self._live]
-                    raise
-            session = self._session
-            if session is None or not session.has_work():
-                if not own.done.is_set() and own.number not in self._live:
-                    continue  # ours is still in the queue (handled next round)
-                break
+            if not self._round() and not own.done.is_set() and own.number not in self._live:
+                break  # ours was taken back into the queue: run() tries again
+
+    def _drive_forever(self) -> None:
+        """The model thread (``driver="thread"``): rounds while there is work, asleep otherwise."""
+        while True:
+            with self._wake:
+                while not (self._incoming or self._cancelled or (self._session and self._session.has_work())):
+                    if self._stopping:
+                        return
+                    self._wake.wait()
+            self._round()
+
+    def _round(self) -> bool:
+        """Arrivals and cancellations, then one decoder step; False when there was nothing to step."""
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            cancelled, self._cancelled = self._cancelled, []
+        for batch in cancelled:
+            self._cancel(batch)
+        for i, batch in enumerate(incoming):
             try:
-                with torch.inference_mode():
-                    finished = session.step()
-            except Exception as err:  # noqa: BLE001 - a failed pass fails every batch in the session
-                log.exception("decoder step failed; failing %d batches", len(self._live))
-                for batch in self._live.values():
-                    batch.fail(err)
-                self._live.clear()
-                self._session = None
-                continue
-            except BaseException:  # interrupted mid-step: the session cannot be trusted
-                self._restart()
+                self._admit(batch)
+            except BaseException:  # interrupted (a deadline): the rest go back in the queue
+                with self._lock:
+                    self._incoming[:0] = [b for b in incoming[i:] if b.number not in self._live]
                 raise
-            for (number, index), result in finished:
-                batch = self._live.get(number)
-                if batch is None:
-                    continue  # cancelled meanwhile
-                result.stats.program_ms += batch.build_ms.pop(index, 0.0)
-                batch.decoded[index] = result
-                if len(batch.decoded) == len(batch.prepared.selected):
-                    self._live.pop(number)
-                    self._complete(batch)
+        session = self._session
+        if session is None or not session.has_work():
+            return False
+        try:
+            with torch.inference_mode():
+                finished = session.step()
+        except Exception as err:  # noqa: BLE001 - a failed pass fails every batch in the session
+            log.exception("decoder step failed; failing %d batches", len(self._live))
+            for batch in self._live.values():
+                batch.fail(err)
+            self._live.clear()
+            self._session = None
+            return True
+        except BaseException:  # interrupted mid-step: the session cannot be trusted
+            self._restart()
+            raise
+        for (number, index), result in finished:
+            batch = self._live.get(number)
+            if batch is None:
+                continue  # cancelled meanwhile
+            result.stats.program_ms += batch.build_ms.pop(index, 0.0)
+            batch.decoded[index] = result
+            if len(batch.decoded) == len(batch.prepared.selected):
+                self._live.pop(number)
+                self._complete(batch)
+        return True
 
     def _new_session(self) -> ContinuousDecoder:
         self._session = self.cascade.decoder.continuous(max_rows=self.max_rows)

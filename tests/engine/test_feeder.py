@@ -22,13 +22,51 @@ OTHERS = [
 ]
 
 
-@pytest.fixture
-def feeder(tiny_config):
+@pytest.fixture(params=["callers", "thread"])
+def feeder(request, tiny_config):
+    """Both drivers: callers take turns running the session, or one model thread (which also
+    loads the models) runs it for everyone."""
     tiny_config.cascade.batch_size = 4  # fewer rows than jobs: rows are refilled across callers
-    cascade = Cascade.load(tiny_config)
-    feeder = CascadeFeeder(cascade)
+    feeder = CascadeFeeder.start(lambda: Cascade.load(tiny_config), driver=request.param)
     yield feeder
     feeder.close()
+
+
+def test_the_thread_driver_runs_all_model_work_in_its_thread(tiny_config, monkeypatch):
+    from hyfunc.cascade.decoder import ContinuousDecoder
+
+    seen: set[str] = set()
+    original = ContinuousDecoder.step
+
+    def step(self):
+        seen.add(threading.current_thread().name)
+        return original(self)
+
+    monkeypatch.setattr(ContinuousDecoder, "step", step)
+    loaded_in: list[str] = []
+
+    def load():
+        loaded_in.append(threading.current_thread().name)
+        return Cascade.load(tiny_config)
+
+    feeder = CascadeFeeder.start(load, driver="thread")
+    try:
+        assert len(feeder.run(OTHERS)) == len(OTHERS)
+    finally:
+        feeder.close()
+    assert loaded_in == ["hyfunc-model"] and seen == {"hyfunc-model"}
+    with pytest.raises(RuntimeError, match="closed"):
+        feeder.run(OTHERS)
+
+
+def test_a_failing_load_is_raised_by_start(tmp_path):
+    def load():
+        raise FileNotFoundError("no models in /nowhere")
+
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        CascadeFeeder.start(load, driver="thread")
+    with pytest.raises(ValueError, match="driver"):
+        CascadeFeeder(None, driver="gpu")
 
 
 def test_one_caller_gets_what_run_gives(feeder, tiny_config):
@@ -102,7 +140,7 @@ def test_a_batch_that_cannot_be_prepared_fails_alone(feeder, monkeypatch):
     assert len(feeder.run(OTHERS)) == len(OTHERS)
 
 
-def test_a_driver_interrupted_mid_step_restarts_the_others(feeder, tiny_config, monkeypatch):
+def test_a_driver_interrupted_mid_step_restarts_the_others(tiny_config, monkeypatch):
     """The deadline lands inside a decoder step of the driving caller: the session is dropped and a
     concurrent caller's unfinished jobs start again in a fresh session, with the same results."""
     from hyfunc.cascade.decoder import ContinuousDecoder
@@ -119,6 +157,8 @@ def test_a_driver_interrupted_mid_step_restarts_the_others(feeder, tiny_config, 
 
     alone = Cascade.load(tiny_config)
     expected = [comparable(r) for r in alone.run(OTHERS)]
+    tiny_config.cascade.batch_size = 4
+    feeder = CascadeFeeder(Cascade.load(tiny_config))  # driver="callers": the callers run the steps
     monkeypatch.setattr(ContinuousDecoder, "step", interrupted)
     got: dict = {}
 
