@@ -65,9 +65,12 @@ def bench_pretrained(demo_dir: Path | None, base: str = DEFAULT_BASE, n: int = 3
     import tempfile
 
     from hyfunc.models.cache import base_dir, read_marker
+    from hyfunc.models.pull import REGISTRY
 
     if demo_dir is None:
         return {"skipped": "no demo models (the intent model and retriever come from them)"}
+    if base not in REGISTRY:
+        return {"skipped": f"unknown base {base!r}; known: {', '.join(sorted(REGISTRY))}"}
     if read_marker(base_dir(base)) is None:
         return {"skipped": f"{base} is not pulled (`hyfunc models pull {base}`)"}
     dtypes = dtypes or (("bfloat16",) if device.startswith("cuda") else ("float32", "bfloat16"))

@@ -30,6 +30,7 @@ class BenchOptions:
     threads: int | None = None
     seed: int = 0
     tokenizers: dict[str, str] | None = None  # bench constraints: extra vocabularies, name -> directory
+    base: str = "smollm2-135m-instruct"  # bench pretrained: the pulled base used as the LMS
 
 
 def _demo_dir(options: BenchOptions) -> Path | None:
@@ -158,5 +159,6 @@ def _run_one(kind, options, dtype, out, cascade, inputs, demo_cascade, demo_item
     if kind == "pretrained":
         from hyfunc.bench.pretrained import bench_pretrained
 
-        return bench_pretrained(demo_dir, device=options.device, log=lambda m: print(m, file=sys.stderr))
+        return bench_pretrained(demo_dir, base=options.base, device=options.device,
+                                log=lambda m: print(m, file=sys.stderr))
     raise ValueError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)} or all")

@@ -161,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, out=Path(args.out) if args.out else None,
         per_category=args.per_category, throughput_jobs=args.throughput_jobs, service_jobs=args.service_jobs,
         demo_models=Path(args.demo_models) if args.demo_models else None, demo_n=args.demo_n,
-        tokens_limit=args.tokens_limit, threads=args.threads, tokenizers=_named_dirs(args.tokenizer),
+        tokens_limit=args.tokens_limit, threads=args.threads, tokenizers=_named_dirs(args.tokenizer), base=args.base,
     )
     report, out = run_bench(kinds, options, log=lambda m: print(m, file=sys.stderr))
     print((out / "bench.md").read_text())
@@ -235,4 +235,6 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
     bench.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR",
                        help="bench constraints: another vocabulary to measure (repeatable)")
+    bench.add_argument("--base", default="smollm2-135m-instruct",
+                       help="bench pretrained: the pulled base to serve as the LMS (default smollm2-135m-instruct)")
     bench.set_defaults(func=cmd_bench)

@@ -26,3 +26,15 @@ def test_markdown_has_a_row_per_dtype():
     table = [line for line in lines if line.startswith("| float32") or line.startswith("| bfloat16")]
     assert len(table) == 2
     assert "| 450.0 | 900.0 | 2.0 | 4.5 | 2.25 | 5.0 |" in table[0]
+
+
+def test_cli_reports_the_skip_with_the_base_asked_for(tmp_path, capsys):
+    import json
+
+    from hyfunc.cli import main
+
+    assert main(["bench", "pretrained", "--base", "no-such-base", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["results"]["pretrained"]["skipped"].startswith("unknown base 'no-such-base'; known: ")
+    assert "smollm2-135m-instruct" in report["results"]["pretrained"]["skipped"]
+    assert "## Pretrained LMS (speed)" in (tmp_path / "bench.md").read_text()
