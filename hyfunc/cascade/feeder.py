@@ -178,7 +178,14 @@ class CascadeFeeder:
                     if self._stopping:
                         return
                     self._wake.wait()
-            self._round()
+            try:
+                self._round()
+            except Exception as err:  # noqa: BLE001 - the model thread must outlive any one round
+                log.exception("feeder round failed; failing %d batches", len(self._live))
+                for batch in self._live.values():
+                    batch.fail(err)
+                self._live.clear()
+                self._session = None
 
     def _round(self) -> bool:
         """Arrivals and cancellations, then one decoder step; False when there was nothing to step."""

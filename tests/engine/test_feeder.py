@@ -189,3 +189,26 @@ def test_a_driver_interrupted_mid_step_restarts_the_others(tiny_config, monkeypa
     thread.join(60)
     assert got["others"] == expected
     assert feeder.sessions == 2 and feeder.max_live_batches == 2
+
+
+def test_the_model_thread_survives_a_failing_round(tiny_config, monkeypatch):
+    """Anything that escapes a round (here: cancelling rows) fails the batches in the session, never
+    the model thread: the next caller is served."""
+    feeder = CascadeFeeder.start(lambda: Cascade.load(tiny_config), driver="thread")
+    try:
+        original = feeder._round
+        state = {"n": 0}
+
+        def round_once_failing():
+            state["n"] += 1
+            if state["n"] == 3:
+                raise RuntimeError("bookkeeping broke")
+            return original()
+
+        monkeypatch.setattr(feeder, "_round", round_once_failing)
+        with pytest.raises(RuntimeError, match="bookkeeping broke"):
+            feeder.run(REQUESTS)
+        assert feeder._thread is not None and feeder._thread.is_alive()
+        assert len(feeder.run(OTHERS)) == len(OTHERS)
+    finally:
+        feeder.close()
