@@ -35,6 +35,12 @@ def build_runner(config: HyFuncConfig) -> BatchRunner:
     if spec:
         factory = _import(spec)
         return factory(config)  # type: ignore[operator]
+    return default_runner(config)
+
+
+def default_runner(config: HyFuncConfig) -> BatchRunner:
+    """The cascade on the configured models: behind a CascadeFeeder's model thread, or bare with
+    worker.continuous_feed off."""
     from hyfunc.cascade import Cascade
 
     if config.worker.continuous_feed:

@@ -1,7 +1,9 @@
 """Batch runners for the worker tests, loaded by the worker subprocess through
 HYFUNC_WORKER_RUNNER=runners:fault_injecting_cascade (tests/service on PYTHONPATH).
 
-It is the real Cascade (tiny models) with two test hooks: a query containing
+It is the worker's real runner (worker.runner.default_runner: the cascade on the tiny models
+behind the CascadeFeeder's model thread, or the bare Cascade with worker.continuous_feed off)
+with two test hooks: a query containing
 POISON_MARK makes the batch raise (the cascade itself shrugs off every malformed schema
 we tried), and HYFUNC_TEST_BATCH_DELAY slows each batch so a test can kill the worker
 while a batch is in flight.
@@ -12,16 +14,16 @@ from __future__ import annotations
 import os
 import time
 
-from hyfunc.cascade import Cascade
 from hyfunc.config import HyFuncConfig
 from hyfunc.schema import CallRequest, CallResult
+from worker.runner import default_runner
 
 POISON_MARK = "@@poison@@"
 
 
 class FaultInjectingCascade:
     def __init__(self, config: HyFuncConfig):
-        self.cascade = Cascade.load(config)
+        self.cascade = default_runner(config)
         self.delay = float(os.environ.get("HYFUNC_TEST_BATCH_DELAY", "0"))
 
     @property
