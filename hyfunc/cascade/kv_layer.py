@@ -11,24 +11,37 @@ its filled part, which is what attention reads, exactly as before.
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+def capacity(length: int, spare: int = 64) -> int:
+    """Columns to allocate for ``length`` filled ones: room to append before the next regrowth."""
+    return length + max(spare, length // 2)
+
+
 class GrowingLayer(DynamicLayer):
-    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None, spare: int = 64):
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None, length: int | None = None,
+                 spare: int = 64):
+        """``keys``/``values``: (rows, heads, columns, dim) buffers whose first ``length`` columns
+        (default: all) are filled; they are used as they are when they have spare columns, else
+        copied into ones that do."""
         super().__init__()
         self.spare = spare
         self._length = 0
         if keys is not None and values is not None:
-            self._adopt(keys, values)
+            self._adopt(keys, values, keys.shape[2] if length is None else length)
 
-    def _adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        rows, heads, length, dim = keys.shape
-        capacity = length + max(self.spare, length // 2)
-        self._keys = keys.new_empty(rows, heads, capacity, dim)
-        self._values = values.new_empty(rows, values.shape[1], capacity, values.shape[3])
-        self._keys[:, :, :length] = keys
-        self._values[:, :, :length] = values
+    def _adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        if keys.shape[2] <= length:  # no room to append: copy into a buffer with spare columns
+            rows, heads, _, dim = keys.shape
+            columns = capacity(length, self.spare)
+            grown_keys = keys.new_empty(rows, heads, columns, dim)
+            grown_values = values.new_empty(rows, values.shape[1], columns, values.shape[3])
+            grown_keys[:, :, :length] = keys[:, :, :length]
+            grown_values[:, :, :length] = values[:, :, :length]
+            keys, values = grown_keys, grown_values
+        self._keys, self._values = keys, values
         self._length = length
         self.device = keys.device
         self.is_initialized = True
@@ -39,7 +52,7 @@ class GrowingLayer(DynamicLayer):
         self.values = self._values[:, :, : self._length]
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self._adopt(key_states[:, :, :0], value_states[:, :, :0])
+        self._adopt(key_states[:, :, :0], value_states[:, :, :0], 0)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
@@ -47,9 +60,9 @@ class GrowingLayer(DynamicLayer):
         add = key_states.shape[-2]
         end = self._length + add
         if end > self._keys.shape[2]:
-            capacity = max(end + self.spare, 2 * self._keys.shape[2])
-            keys = self._keys.new_empty(*self._keys.shape[:2], capacity, self._keys.shape[3])
-            values = self._values.new_empty(*self._values.shape[:2], capacity, self._values.shape[3])
+            columns = max(end + self.spare, 2 * self._keys.shape[2])
+            keys = self._keys.new_empty(*self._keys.shape[:2], columns, self._keys.shape[3])
+            values = self._values.new_empty(*self._values.shape[:2], columns, self._values.shape[3])
             keys[:, :, : self._length] = self.keys
             values[:, :, : self._length] = self.values
             self._keys, self._values = keys, values
@@ -89,9 +102,16 @@ class GrowingLayer(DynamicLayer):
         self.batch_select_indices(beam_idx)
 
 
-def with_growing_layers(cache) -> None:
-    """Swap a DynamicCache's plain full-attention layers for GrowingLayers holding the same KV
-    (sliding-window and other special layers keep their own logic)."""
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[i] = GrowingLayer(layer.keys, layer.values) if layer.is_initialized else GrowingLayer()
+def growing_cache(config, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> DynamicCache:
+    """A DynamicCache over per-layer (keys, values) buffers whose first ``length`` columns are
+    filled: plain full-attention layers become GrowingLayers over the buffers themselves (no
+    copy); sliding-window and other special layers take the filled part by their own logic."""
+    cache = DynamicCache(config=config)
+    if len(cache.layers) != len(layers):
+        raise ValueError(f"{len(layers)} KV layers for a model with {len(cache.layers)} cache layers")
+    for i, (keys, values) in enumerate(layers):
+        if type(cache.layers[i]) is DynamicLayer:
+            cache.layers[i] = GrowingLayer(keys, values, length)
+        else:
+            cache.layers[i].update(keys[:, :, :length], values[:, :, :length])
+    return cache

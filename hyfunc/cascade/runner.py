@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from hyfunc.cascade.kv_layer import with_growing_layers
+from hyfunc.cascade.kv_layer import capacity, growing_cache
 from hyfunc.cascade.prefix_cache import KV, kv_length
 
 
@@ -107,13 +107,13 @@ class TransformersRunner:
             raise ValueError("a new row needs the KV of at least one token (the shared prefix)")
         old = self._compact() if self.rows else None
         lengths = self._lengths + new_lengths
-        width = max(lengths)
+        columns = capacity(max(lengths))  # spare columns: passes append in place
         layers = []
         for i in range(len(kvs[0])):
             k0, v0 = kvs[0][i]
             heads, dim = k0.shape[0], k0.shape[-1]
-            keys = k0.new_zeros(len(lengths), heads, width, dim)
-            values = v0.new_zeros(len(lengths), heads, width, dim)
+            keys = k0.new_zeros(len(lengths), heads, columns, dim)
+            values = v0.new_zeros(len(lengths), heads, columns, dim)
             start = 0
             if old is not None:
                 ok, ov = old[i]
@@ -125,11 +125,7 @@ class TransformersRunner:
                 keys[start + j, :, :n] = kv[i][0]
                 values[start + j, :, :n] = kv[i][1]
             layers.append((keys, values))
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        with_growing_layers(self._cache)  # appends in place (kv_layer.py)
-        positions = torch.arange(width, device=self.device)
-        self._mask = (positions[None, :] < torch.tensor(lengths, device=self.device)[:, None]).long()
-        self._lengths = lengths
+        self._install(layers, lengths)
 
     @torch.inference_mode()
     def prefill(
@@ -161,18 +157,23 @@ class TransformersRunner:
         """Append ``other``'s rows after this batch's, both compacted to one width."""
         mine, theirs = self._compact(), other._compact()
         lengths = self._lengths + other._lengths
-        width = max(lengths)
+        columns = capacity(max(lengths))
         layers = []
         for (mk, mv), (tk, tv) in zip(mine, theirs, strict=True):
-            keys = mk.new_zeros(len(lengths), mk.shape[1], width, mk.shape[3])
-            values = mv.new_zeros(len(lengths), mv.shape[1], width, mv.shape[3])
+            keys = mk.new_zeros(len(lengths), mk.shape[1], columns, mk.shape[3])
+            values = mv.new_zeros(len(lengths), mv.shape[1], columns, mv.shape[3])
             keys[: self.rows, :, : mk.shape[2]] = mk
             values[: self.rows, :, : mv.shape[2]] = mv
             keys[self.rows :, :, : tk.shape[2]] = tk
             values[self.rows :, :, : tv.shape[2]] = tv
             layers.append((keys, values))
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        with_growing_layers(self._cache)  # appends in place (kv_layer.py)
+        self._install(layers, lengths)
+
+    def _install(self, layers: list[tuple[torch.Tensor, torch.Tensor]], lengths: list[int]) -> None:
+        """The batch's cache over per-layer buffers whose first max(lengths) columns hold each row's
+        KV left-aligned (the rest spare, for in-place appends: kv_layer.py), and its mask."""
+        width = max(lengths)
+        self._cache = growing_cache(self.model.config, layers, width)
         positions = torch.arange(width, device=self.device)
         self._mask = (positions[None, :] < torch.tensor(lengths, device=self.device)[:, None]).long()
         self._lengths = lengths

@@ -178,13 +178,6 @@ class Scheduler:
 
     # -- after a pass ---------------------------------------------------------------------------
 
-    def steps(self) -> list[Generate]:
-        out = []
-        for row in self.running:
-            assert row.pending is not None
-            out.append(row.pending)
-        return out
-
     def update(self, tokens: Sequence[int | None], errors: dict[int, str] | None = None) -> tuple[list[int], list[Row]]:
         """Feed each running row its picked token (``errors``: rows whose pick failed, by index —
         they fail alone; None: the row still has chunk tokens to feed and made no decision).
