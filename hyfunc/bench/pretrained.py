@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from hyfunc.bench.stats import r
+from hyfunc.bench.stats import percentile, r
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 
@@ -89,8 +88,14 @@ def _measure(models: Path, n: int, device: str, dtype: str, log) -> dict[str, An
     from hyfunc.bench.runs import load_cascade, run_cascade_free
     from hyfunc.bench.workload import demo_inputs
 
+    def warm_up(items: list) -> None:
+        """Each measured run starts from the same state: a cache warmed by other queries only."""
+        if cascade.decoder.cache is not None:
+            cascade.decoder.cache.clear()
+        log(f"[pretrained {dtype}] warm-up: {len(items)} jobs, other queries on the same toolsets")
+        run_cascade_free(cascade, [replace(item, query="Hi! " + item.query) for item in items])
+
     items = demo_inputs(n)
-    warm = [replace(item, query="Hi! " + item.query) for item in items]
     cascade = load_cascade(models, device, dtype)
     cascade.config.batch_size = n  # one decoder row per job of the batch
     out: dict[str, Any] = {"lms_parameters": sum(p.numel() for p in cascade.bundle.lms.parameters()),
@@ -98,11 +103,7 @@ def _measure(models: Path, n: int, device: str, dtype: str, log) -> dict[str, An
     points = {}
     per_call: list[float] = []
     for size in (n, 1):
-        # Each measured run starts from the same state: a cache warmed by other queries only.
-        if cascade.decoder.cache is not None:
-            cascade.decoder.cache.clear()
-        log(f"[pretrained {dtype}] warm-up: {n} jobs, other queries on the same toolsets")
-        run_cascade_free(cascade, warm)
+        warm_up(items)
         start = time.perf_counter()
         results = []
         for s in range(0, n, size):
@@ -122,16 +123,14 @@ def _measure(models: Path, n: int, device: str, dtype: str, log) -> dict[str, An
             "injected_per_job": r(sum(x.tokens.injected for x in results) / n, 2),
             "errors": sum(1 for x in results if x.error),
         }
-    out["batch 1"] = points[1] | {"p50_ms_per_call": r(statistics.median(per_call), 1),
-                                  "p95_ms_per_call": r(sorted(per_call)[int(0.95 * (len(per_call) - 1))], 1)}
+    out["batch 1"] = points[1] | {"p50_ms_per_call": r(percentile(per_call, 50), 1),
+                                  "p95_ms_per_call": r(percentile(per_call, 95), 1)}
     out[f"batch {n}"] = points[n]
     out["batch_over_batch1"] = r(points[n]["jobs_per_s"] / points[1]["jobs_per_s"], 2)
     # A service keeps its rows full: 2n jobs through n rows (continuous batching), so the batch's
     # longest jobs no longer run alone at the end.
     stream = demo_inputs(2 * n)
-    if cascade.decoder.cache is not None:
-        cascade.decoder.cache.clear()
-    run_cascade_free(cascade, [replace(item, query="Hi! " + item.query) for item in stream])
+    warm_up(stream)
     start = time.perf_counter()
     _, results = run_cascade_free(cascade, stream)
     wall = time.perf_counter() - start

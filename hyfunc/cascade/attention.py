@@ -11,10 +11,14 @@ attention (softmax in float32), only computed differently.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+log = logging.getLogger(__name__)
 
 NAME = "hyfunc_cpu"
 SMALL_QUERY = 8  # query rows per sequence up to which the matmul path runs
@@ -65,6 +69,9 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
         return False
     try:
         model.set_attn_implementation(NAME)
-    except (ValueError, NotImplementedError):  # a model outside the AttentionInterface keeps its own
+    except (ValueError, NotImplementedError) as err:
+        # A model whose attention is not dispatched through transformers' AttentionInterface
+        # cannot take a registered implementation; it keeps SDPA (correct, only slower).
+        log.info("LMS keeps SDPA attention on the CPU: %s", err)
         return False
     return True

@@ -181,11 +181,7 @@ class CascadeFeeder:
             try:
                 self._round()
             except Exception as err:  # noqa: BLE001 - the model thread must outlive any one round
-                log.exception("feeder round failed; failing %d batches", len(self._live))
-                for batch in self._live.values():
-                    batch.fail(err)
-                self._live.clear()
-                self._session = None
+                self._fail_session(err, "feeder round failed")
 
     def _round(self) -> bool:
         """Arrivals and cancellations, then one decoder step; False when there was nothing to step."""
@@ -208,11 +204,7 @@ class CascadeFeeder:
             with torch.inference_mode():
                 finished = session.step()
         except Exception as err:  # noqa: BLE001 - a failed pass fails every batch in the session
-            log.exception("decoder step failed; failing %d batches", len(self._live))
-            for batch in self._live.values():
-                batch.fail(err)
-            self._live.clear()
-            self._session = None
+            self._fail_session(err, "decoder step failed")
             return True
         except BaseException:  # interrupted mid-step: the session cannot be trusted
             self._restart()
@@ -227,6 +219,14 @@ class CascadeFeeder:
                 self._live.pop(number)
                 self._complete(batch)
         return True
+
+    def _fail_session(self, err: Exception, what: str) -> None:
+        """Fail every batch with jobs in the session and drop it: the next batch starts a fresh one."""
+        log.exception("%s; failing %d batches", what, len(self._live))
+        for batch in self._live.values():
+            batch.fail(err)
+        self._live.clear()
+        self._session = None
 
     def _new_session(self) -> ContinuousDecoder:
         self._session = self.cascade.decoder.continuous(max_rows=self.max_rows)
