@@ -120,10 +120,12 @@ class Cascade:
         scores = torch.tensor([hit.score for hit in hits]) / self.bundle.retriever.config.temperature
         return (weight * torch.log_softmax(scores, dim=0)).tolist()
 
-    def _jobs(self, requests, hits, selected, projected) -> Iterator[DecodeJob]:
-        """Decode jobs built one at a time, when the decoder has a row for them (the program build
-        is then counted in the job's ``program`` stage, not hidden before decoding starts)."""
-        for j, i in enumerate(selected):
+    def decode_jobs(self, prepared: Prepared) -> Iterator[DecodeJob]:
+        """Stage 3's jobs, one per request that passed the gate (in ``prepared.selected`` order),
+        built one at a time, when the decoder has a row for them (the program build is then
+        counted in the job's ``program`` stage, not hidden before decoding starts)."""
+        requests, hits, projected = prepared.requests, prepared.hits, prepared.projected
+        for j, i in enumerate(prepared.selected):
             candidates = [hit.tool for hit in hits[i]]
             soft = projected[j] if projected is not None else None
             # Schemas in a canonical order (cascade.prompt_order): jobs with the same candidates
@@ -194,10 +196,6 @@ class Cascade:
         retrieve_ms = (time.perf_counter() - t1) * 1000
         return Prepared(requests, batch_start, intent.prompt_tokens, lml_passes, lml_ms, retrieve_ms, hits, threshold,
                         selected, projected)
-
-    def decode_jobs(self, prepared: Prepared) -> Iterator[DecodeJob]:
-        """Stage 3's jobs, one per request that passed the gate (in ``prepared.selected`` order)."""
-        return self._jobs(prepared.requests, prepared.hits, prepared.selected, prepared.projected)
 
     def assemble(self, prepared: Prepared, decoded: dict[int, DecodeResult]) -> list[CallResult]:
         """The results: decoded jobs (by request index) validated against their tools, the rest no-calls."""
