@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the subprocesses get it through PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
-from hyfunc.bench.reliability import AUDIT_SQL  # noqa: E402 - the same job_audit trigger as the reliability suite
+from hyfunc.chaos.audit import AUDIT_SQL  # noqa: E402 - the same job_audit trigger as the reliability suite
 from hyfunc.config import HyFuncConfig, load_config  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("HYFUNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -15,7 +15,7 @@ import pytest
 from conftest import WEATHER, WorkerProcess, queue_length, wait_for, write_config
 from sqlalchemy import select, text
 
-from hyfunc.bench.tcp_proxy import TcpProxy
+from hyfunc.chaos.tcp_proxy import TcpProxy
 from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.jobs import NewJob, create_jobs
 from hyfunc.store.keys import get_or_create_tenant

@@ -15,7 +15,7 @@ While jobs are submitted (single POSTs and batches of 50, paced), the harness
 A monitor polls /healthz every second; every API answer is recorded per phase. At the end
 a test-only audit trigger (every UPDATE of a job row) proves exactly-once in SQL.
 
-Run: `python scripts/reliability.py` (or `hyfunc bench reliability`); it takes several
+Run: `python scripts/reliability.py` (or `python -m hyfunc.chaos.reliability`); it takes several
 minutes. Writes docs/reliability/latest.json and latest.md.
 """
 
@@ -39,18 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.bench.procs import free_port, stop_group
+from hyfunc.chaos.audit import AUDIT_SQL
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled")
-# Test-only: every UPDATE of a job row, so SQL can prove exactly-once terminal writes (the
-# service tests install the same trigger, tests/service/conftest.py).
-AUDIT_SQL = """
-CREATE TABLE job_audit (job_id uuid, old_status text, new_status text, at timestamptz DEFAULT clock_timestamp());
-CREATE FUNCTION audit_jobs() RETURNS trigger AS $$
-BEGIN INSERT INTO job_audit (job_id, old_status, new_status) VALUES (NEW.id, OLD.status, NEW.status); RETURN NEW; END
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER jobs_audit AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION audit_jobs();
-"""
 
 
 @dataclass
@@ -219,7 +211,7 @@ class Run:
     # -- setup -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from hyfunc.bench.tcp_proxy import TcpProxy
+        from hyfunc.chaos.tcp_proxy import TcpProxy
         from hyfunc.store import migrate
         from hyfunc.store.db import dispose_engines, session_factory, transaction
         from hyfunc.store.keys import create_key
@@ -261,7 +253,7 @@ class Run:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HYFUNC_")}
         self.env["PYTHONPATH"] = str(ROOT)
         if o.runner == "fast":
-            self.env["HYFUNC_WORKER_RUNNER"] = "hyfunc.bench.reliability:fast_runner"
+            self.env["HYFUNC_WORKER_RUNNER"] = "hyfunc.chaos.reliability:fast_runner"
         self.api = Service(["api", "--config", str(self.api_config), "--loglevel", "warning"], self.work / "api.log",
                            self.env)
         self.workers: list[Service] = []
