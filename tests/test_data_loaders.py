@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from hyfunc.training.data import (
     load_xlam,
     write_xlam,
 )
+
+# The tests that read BFCL's shipped data files need the bfcl extra (pip install -e '.[bfcl]').
+needs_bfcl = pytest.mark.skipif(importlib.util.find_spec("bfcl_eval") is None, reason="bfcl_eval not installed")
 
 WEATHER = {
     "name": "get_weather",
@@ -159,10 +163,12 @@ def test_bfcl_gold_takes_first_value_and_skips_omitted(tmp_path):
         load_bfcl(qpath)  # no answers and not declared no-call
 
 
+@needs_bfcl
 def test_bfcl_data_dir_found_without_import():
     assert (bfcl_data_dir() / "BFCL_v4_simple_python.json").is_file()
 
 
+@needs_bfcl
 @pytest.mark.parametrize(
     ("category", "minimum", "no_call"),
     [("simple", 395, False), ("multiple", 195, False), ("parallel", 195, False),
@@ -176,6 +182,7 @@ def test_shipped_bfcl_categories_load(category, minimum, no_call):
     assert all(reason.startswith("id ") for _, reason in report.errors)
 
 
+@needs_bfcl
 @pytest.mark.parametrize("category", ["simple_java", "simple_javascript"])
 def test_java_and_javascript_docs_prepared_as_bfcl_does(category):
     """BFCL turns every Java/JavaScript parameter into a string in that language's syntax; so do we."""
@@ -190,6 +197,7 @@ def test_java_and_javascript_docs_prepared_as_bfcl_does(category):
         assert all(isinstance(v, str) for call in ex.answers for v in call.arguments.values())
 
 
+@needs_bfcl
 def test_check_answers_false_keeps_every_question():
     """Evaluation runs BFCL questions whose gold does not fit the schema (the checker judges)."""
     from hyfunc.training.data import bfcl_non_live_categories
@@ -202,6 +210,7 @@ def test_check_answers_false_keeps_every_question():
         assert report.errors == [] and len(examples) == lines, report.summary()
 
 
+@needs_bfcl
 def test_resolve_categories_defaults_groups_and_errors():
     from hyfunc.eval.bfcl import resolve_categories
     from hyfunc.training.data import bfcl_non_live_categories

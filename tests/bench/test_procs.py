@@ -40,14 +40,38 @@ def _live_members(pgid: int) -> list[int]:
     return live
 
 
-def test_stop_group_leaves_an_exited_process_alone() -> None:
+def test_stop_group_leaves_an_exited_process_alone(monkeypatch) -> None:
+    # Its pid (and so its group id) may already belong to another process: no signal may be sent.
     proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
     proc.wait(timeout=30)
-    stop_group(proc)  # no signal to a group that no longer exists
-    assert proc.returncode == 0
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append((pgid, sig)))
+    stop_group(proc)
+    assert sent == []
 
 
-def test_free_port_can_be_bound() -> None:
+def test_stop_group_kills_a_group_that_ignores_sigterm(monkeypatch) -> None:
+    # A process that ignores SIGTERM is SIGKILLed once the grace period is over (shortened here).
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(60)"], start_new_session=True, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    real_wait = proc.wait
+    waits: list[float | None] = []
+
+    def short_wait(timeout: float | None = None) -> int:
+        waits.append(timeout)
+        return real_wait(timeout=0.5 if timeout == 20 else timeout)
+
+    monkeypatch.setattr(proc, "wait", short_wait)
+    stop_group(proc)
+    assert proc.returncode == -9 and waits[0] == 20, (proc.returncode, waits)
+
+
+def test_free_port_is_free_and_bindable() -> None:
     port = free_port()
-    with socket.socket() as s:
+    assert 1024 <= port <= 65535
+    with socket.socket() as probe:  # nothing listens there ...
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    with socket.socket() as s:  # ... and a server can take it
         s.bind(("127.0.0.1", port))
+        assert s.getsockname()[1] == port

@@ -1,8 +1,17 @@
 """Fixtures for the service tests: a fresh PostgreSQL database per session, a private
-Redis db + queue per test module, tiny models, and real worker subprocesses."""
+Redis db + queue per test module, tiny models, and real worker subprocesses.
+
+The services are found at HYFUNC_TEST_PG (an admin URL whose database exists; default
+postgresql://postgres@127.0.0.1:5432/test), HYFUNC_TEST_REDIS (default redis://127.0.0.1:6379) and
+HYFUNC_TEST_AMQP (default amqp://guest:guest@127.0.0.1:5672//). They are probed once, the first
+time a test asks for one; a test whose service is not there is skipped (one summary line says
+what to start), or fails when CI=true or HYFUNC_REQUIRE_SERVICES=1 (CI has them all, and a
+silently skipped service test would hide a broken one).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -27,6 +36,7 @@ from hyfunc.config import HyFuncConfig, load_config  # noqa: E402
 PG_ADMIN_URL = os.environ.get("HYFUNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("HYFUNC_TEST_REDIS", "redis://127.0.0.1:6379")
 RABBIT_URL = os.environ.get("HYFUNC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+REQUIRE_SERVICES = os.environ.get("CI", "").lower() == "true" or os.environ.get("HYFUNC_REQUIRE_SERVICES") == "1"
 RUNNER = "runners:fault_injecting_cascade"  # tests/service is on the worker's PYTHONPATH
 
 WEATHER = {
@@ -57,11 +67,81 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.service)
 
 
+# -- the services: probed once, skipped (or failed in CI) when absent ----------------------------
+
+SERVICE_URLS = {"PostgreSQL": ("HYFUNC_TEST_PG", PG_ADMIN_URL), "Redis": ("HYFUNC_TEST_REDIS", REDIS_HOST),
+                "RabbitMQ": ("HYFUNC_TEST_AMQP", RABBIT_URL)}
+_missing_asked: set[str] = set()  # services some test needed and did not find, for the summary line
+
+
+def _probe_postgres() -> None:
+    import psycopg
+
+    # The admin database itself must exist: every test database is created from this connection.
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute("SELECT 1")
+
+
+def _probe_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_HOST, socket_connect_timeout=3)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _probe_rabbitmq() -> None:
+    from kombu import Connection
+
+    with Connection(RABBIT_URL, connect_timeout=3) as conn:
+        conn.ensure_connection(max_retries=1)
+
+
+@functools.cache
+def service_problems() -> dict[str, str]:
+    """Each service that cannot be used, with why (probed once per session)."""
+    problems = {}
+    for name, probe in (("PostgreSQL", _probe_postgres), ("Redis", _probe_redis), ("RabbitMQ", _probe_rabbitmq)):
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"; the reason is shown
+            problems[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return problems
+
+
+def require(service: str) -> None:
+    """Skip the calling test (fail it under CI=true / HYFUNC_REQUIRE_SERVICES=1) when `service` is absent."""
+    problem = service_problems().get(service)
+    if problem is None:
+        return
+    env, url = SERVICE_URLS[service]
+    message = f"{service} not reachable at {url} (set {env}): {problem}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " - CI=true/HYFUNC_REQUIRE_SERVICES=1: service tests may not skip", pytrace=False)
+    _missing_asked.add(service)
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _missing_asked:
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "not reachable at" in str(r.longrepr)]
+    where = ", ".join(f"{name} ({SERVICE_URLS[name][0]}={SERVICE_URLS[name][1]})" for name in sorted(_missing_asked))
+    terminalreporter.write_line(
+        f"{len(skipped)} service tests skipped: start {where}, or point those variables at running ones "
+        "(README.md, Tests); CI=true makes a missing service a failure")
+
+
+
 # -- databases ---------------------------------------------------------------------------------
 
 
 def create_database(prefix: str = "hyfunc_test") -> str:
     import psycopg
+
+    require("PostgreSQL")
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -107,11 +187,18 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def redis_url() -> Iterator[str]:
     import redis
 
+    require("Redis")
     db = 1 + uuid.uuid4().int % 15
     url = f"{REDIS_HOST}/{db}"
     yield url
     client = redis.Redis.from_url(url)
     client.close()
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    require("RabbitMQ")
+    return RABBIT_URL
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RABBIT_URL, ROOT, STOCK, WEATHER, WorkerProcess, wait_for, write_config
+from conftest import ROOT, STOCK, WEATHER, WorkerProcess, wait_for, write_config
 from sqlalchemy import select
 
 from hyfunc.store.db import session_factory
@@ -29,11 +29,11 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
                           capture_output=True, timeout=timeout)
 
 
-def test_worker_runs_jobs_through_rabbitmq(pg_url: str, tiny_models: Path, tmp_path: Path) -> None:
+def test_worker_runs_jobs_through_rabbitmq(pg_url: str, rabbitmq_url: str, tiny_models: Path, tmp_path: Path) -> None:
     queue = f"hyfunc-test-amqp-{uuid.uuid4().hex[:8]}"
     config, config_path = write_config(
         tmp_path / "config.yaml", models={"dir": str(tiny_models)}, store={"url": pg_url},
-        worker={"broker_url": RABBIT_URL, "queue": queue, "flush_every": 4, "flush_interval": 0.1},
+        worker={"broker_url": rabbitmq_url, "queue": queue, "flush_every": 4, "flush_interval": 0.1},
     )
     celery = create_celery(config)
     sessions = session_factory(pg_url)
