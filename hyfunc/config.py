@@ -38,6 +38,8 @@ class CascadeConfig(BaseModel):
     max_array_items: int | None = Field(default=None, ge=1)
     copy_values: bool | None = None  # extractive string/number values (see TemplateMachine)
     copy_distinct: bool | None = None  # with copy_values: one mention of the query feeds at most one value per call
+    write_values: bool | None = None  # with copy_values: the LMS may write a value instead of copying it
+    no_call: bool | None = None  # the LMS's first decision may be "no call" (next to the relevance gate)
     # Weight of the retriever's belief in the LMS's function-name choice (0: the LMS alone).
     retriever_prior: float | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, ge=1)
@@ -55,6 +57,9 @@ class CascadeConfig(BaseModel):
     # fails alone with an error naming the key; the rest of its batch goes on.
     max_job_tokens: int | None = Field(default=2048, ge=1)
     max_call_tokens: int | None = Field(default=1024, ge=1)
+    # LMS prompt tokens of one job (its candidates' schemas and the query; null: unbounded). A job
+    # over it fails alone before its prefill: the prompt's KV and its prefill are what one job costs.
+    max_prompt_tokens: int | None = Field(default=8192, ge=1)
     # LMS prompt KV kept in the radix prefix cache (candidate schemas shared across jobs), bytes; 0: off.
     prefix_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     # Order of the candidate schemas in the LMS prompt: canonical (by content hash; the same set
@@ -110,6 +115,16 @@ class LimitsConfig(BaseModel):
     max_json_depth: int = Field(default=64, ge=2)
     # properties/items nesting of a tool's parameters (the parameters object is level 1).
     max_schema_depth: int = Field(default=16, ge=1)
+    # What one tool's schema compiles to (hyfunc/schema_limits.py; null switches one off):
+    # values of one enum, properties of one object, template choice options of the tool (enum
+    # values and keys times the continuations that may follow each) and their bytes, and the
+    # schema text that can reach an LMS prompt. Checked at submission (422) and by the worker
+    # before a batch (the job fails alone).
+    max_enum_values: int | None = Field(default=1024, ge=1)
+    max_properties: int | None = Field(default=256, ge=1)
+    max_template_options: int | None = Field(default=16_384, ge=1)
+    max_choice_bytes: int | None = Field(default=262_144, ge=1)
+    max_schema_chars: int | None = Field(default=16_000, ge=1)
 
 
 class ApiConfig(BaseModel):
@@ -171,6 +186,7 @@ class ConfigError(ValueError):
 _ENV_OVERRIDES = {
     "HYFUNC_MODELS_DIR": ("models", "dir"),
     "HYFUNC_DEVICE": ("models", "device"),
+    "HYFUNC_INDEX_DIR": ("cascade", "index_dir"),  # a volume in containers, where models/ is read-only
     "HYFUNC_DATABASE_URL": ("store", "url"),
     "HYFUNC_BROKER_URL": ("worker", "broker_url"),
     "HYFUNC_QUEUE": ("worker", "queue"),

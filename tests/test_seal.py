@@ -69,8 +69,15 @@ def write_lines(path: Path, rows: list) -> None:
 def seal_dir(tmp_path: Path) -> Path:
     write_lines(tmp_path / "tool.jsonl", TOOLS)
     write_lines(tmp_path / "test_in_domain.jsonl", RECORDS)
-    write_lines(tmp_path / "dev.jsonl", [dict(r, id=r["id"].replace("test_in_domain", "dev")) for r in RECORDS[:3]])
+    write_lines(tmp_path / "dev.jsonl", [dict(r, id=r["id"].replace("test_in_domain", "dev"), query="Dev: " + r["query"])
+                                         for r in RECORDS[:3]])
+    write_lines(tmp_path / "test_out_domain.jsonl", [OUT_OF_DOMAIN])
     return tmp_path
+
+
+# The out-of-domain test split's tool (getSeaTemperature) must never reach training data.
+OUT_OF_DOMAIN = {"id": "test_out_domain-easy-0", "query": "Sea temperature in Biarritz?",
+                 "calling": [{"api": "getSeaTemperature", "parameters": {"location": "Biarritz"}, "responses": []}]}
 
 
 def test_library_converts_tools(seal_dir):
@@ -209,15 +216,44 @@ def test_bfcl_function_or_question_never_reaches_training_data(seal_dir):
     assert examples and info["dev_examples"] == 0
     assert all(t.name != bfcl_name for ex in examples for t in ex.tools)
 
-    vendored, _ = seal_training_examples(per_tool=1, exclusions=exclusions)
-    assert len(vendored) > 1000
-    for ex in vendored:
-        assert exclusions.query_allowed(ex.query), ex.query
-        for tool in ex.tools:
-            assert exclusions.tool_allowed(tool.name), tool.name
     # the comparison itself is not vacuous: BFCL's names and questions are in the exclusion sets
     assert not exclusions.tool_allowed(bfcl_name) and not exclusions.query_allowed(bfcl_question)
     assert len(exclusions.names) > 1500 and len(exclusions.questions) > 3000
+
+
+def test_training_never_reads_an_evaluation_split(seal_dir, monkeypatch):
+    """No silent fallback to the vendored test_in_domain split, its queries never trained on, and
+    the out-of-domain test split's tools never seen (as gold or as candidate)."""
+    from hyfunc.training.seal_tools import VENDORED_DIR, SealDataMissing
+
+    monkeypatch.delenv("HYFUNC_SEAL_DIR", raising=False)
+    with pytest.raises(SealDataMissing, match="needs --data"):
+        seal_training_examples(per_tool=1, exclusions=BfclExclusions(set(), set()))
+    with pytest.raises(SealDataMissing, match="evaluation split"):
+        seal_training_examples(VENDORED_DIR, per_tool=1, exclusions=BfclExclusions(set(), set()))
+    (seal_dir / "test_out_domain.jsonl").unlink()
+    with pytest.raises(SealDataMissing, match="test_out_domain"):
+        seal_training_examples(seal_dir, per_tool=1, exclusions=BfclExclusions(set(), set()))
+    write_lines(seal_dir / "test_out_domain.jsonl", [OUT_OF_DOMAIN])
+    # a dev record that repeats a test question is dropped
+    write_lines(seal_dir / "dev.jsonl", [dict(RECORDS[0], id="dev-easy-0")])
+    examples, info = seal_training_examples(seal_dir, per_tool=6, exclusions=BfclExclusions(set(), set()))
+    assert info["dev_examples"] == 0 and info["excluded_out_of_domain_tools"] == 1 and examples
+    assert all(t.name != "getSeaTemperature" for ex in examples for t in ex.tools)
+    tests = {r["query"] for r in RECORDS} | {OUT_OF_DOMAIN["query"]}
+    assert not any(ex.query in tests for ex in examples)
+
+
+def test_generated_queries_ask_for_several_calls_of_one_tool_or_many(seal_dir):
+    library = load_seal_library(seal_dir)
+    generated = generate_examples(library, per_tool=30, seed=1, no_call_share=0.1)
+    counts = [len(ex.answers) for ex in generated if ex.answers]
+    assert max(counts) >= 3 and 1 in counts
+    repeated = [ex for ex in generated if len(ex.answers) > 1 and len({c.name for c in ex.answers}) == 1]
+    mixed = [ex for ex in generated if len({c.name for c in ex.answers}) > 1]
+    assert repeated and mixed
+    for ex in repeated:  # the same tool with other values: never the same call twice
+        assert len({json.dumps(c.model_dump(), sort_keys=True) for c in ex.answers}) == len(ex.answers)
 
 
 def test_cli_registers_eval_seal():

@@ -48,6 +48,9 @@ CALL_CLOSE = "}\n</tool_call>"
 END_OF_ANSWER = "<|im_end|>"
 # Where a tokenizer has no "<|im_end|>" token (Gemma), the answer ends with its own end of turn.
 END_OF_ANSWER_FALLBACKS = ("<end_of_turn>",)
+# Chosen instead of a copy's first token: "this value is written, not copied from the query". It
+# sits in the model's context but is never part of the answer text.
+WRITE_MARKER = "<|write|>"
 _TEMPLATE_TEXTS = frozenset({CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER, *END_OF_ANSWER_FALLBACKS})
 
 
@@ -91,6 +94,14 @@ class MachineLimits:
     # With copy_values: within one call, a stretch of the query feeds at most one value (a
     # second "2026-07-11" needs a second mention; a list of names cannot repeat one mention).
     copy_distinct: bool = True
+    # With copy_values: where a value could be copied, the model may instead choose to write one
+    # that is not in the query (a converted number, a ticker, a normalised date): its first
+    # decision is the copy's first token or the write marker `<|write|>`, after which the value is
+    # free. Needs the marker in the tokenizer (hyfunc.models.soft_slot.ensure_write_marker).
+    write_values: bool = False
+    # The first decision of an answer is a call or no call at all (the LMS's part in irrelevance,
+    # next to the retriever's relevance gate).
+    no_call: bool = False
 
 
 @dataclass
@@ -123,6 +134,11 @@ class TemplateMachine:
         self._spans: CopySpans | None = None
         self._number_literals: Counter[str] = Counter()
         self.end_text = self._end_text()
+        self.write_id: int | None = None
+        if self.limits.write_values:
+            if WRITE_MARKER not in tokenizer.get_vocab():
+                raise ValueError(f"write_values needs the {WRITE_MARKER} token in the LMS tokenizer")
+            self.write_id = int(tokenizer.convert_tokens_to_ids(WRITE_MARKER))
         for text in (CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE):
             if not self.encode(text):
                 raise ValueError(f"tokenizer cannot encode template text {text!r}")
@@ -163,7 +179,7 @@ class TemplateMachine:
         ``gold`` it is ignored here (``teacher(source=...)`` records the copy choices instead).
         ``prior``: one log-prior per candidate (the retriever's belief), added to the LMS's own
         log-probabilities where it chooses the first call's function name."""
-        self._check(candidates, gold)
+        self._check(candidates, gold, self.limits.no_call)
         if prior is not None and len(prior) != len(candidates):
             raise TemplateError("one prior per candidate")
         if gold is not None:
@@ -173,11 +189,11 @@ class TemplateMachine:
         return self._answer(candidates, gold, prior)
 
     @staticmethod
-    def _check(candidates: list[Tool], gold: list[Call] | None) -> None:
+    def _check(candidates: list[Tool], gold: list[Call] | None, no_call: bool = False) -> None:
         if not candidates:
             raise TemplateError("the template machine needs at least one candidate tool")
-        if gold is not None and not gold:
-            raise TemplateError("teacher mode needs at least one gold call (no-call jobs never reach the LMS)")
+        if gold is not None and not gold and not no_call:
+            raise TemplateError("teacher mode needs at least one gold call unless limits.no_call is on")
 
     def _with_source(self, source: str) -> TemplateMachine:
         """A per-job view sharing every table, plus the query bytes, where each token occurs in
@@ -189,8 +205,7 @@ class TemplateMachine:
         view._source = escaped
         view._spans = self.compiled.spans(escaped)
         text = escaped.decode("utf-8", errors="replace")
-        # Whole numbers only: not the pieces of a date, a version or a word ("2026-04-18", "pm2.5").
-        view._number_literals = Counter(re.findall(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w\-]|\.\d)", text))
+        view._number_literals = number_literals(text)
         view._new_call()
         return view
 
@@ -261,7 +276,7 @@ class TemplateMachine:
         With ``source`` (the query), each step's allowed set is the one extractive decoding would
         offer wherever the gold value is a span of the source (the ids are unchanged; only
         ``record.allowed`` differs), so training can score the choices inference really makes."""
-        self._check(candidates, gold)
+        self._check(candidates, gold, self.limits.no_call)
         record = TokenRecord()
         program = (self._with_source(source) if source else self)._answer(candidates, gold)
         send: int | None = None
@@ -318,7 +333,13 @@ class TemplateMachine:
         # The name sits inside a JSON string: escape it (a control character would break the JSON).
         name_options = [self.encode(json.dumps(tool.name, ensure_ascii=False)[1:]) for tool in candidates]
         by_name = {tool.name: i for i, tool in enumerate(candidates)}
-        yield Inject(self.encode(CALL_OPEN))
+        if self.limits.no_call:
+            # A call, or the end of the answer right away: the model's own no-call decision.
+            gold_none = None if gold is None else int(not gold)
+            if (yield from self._choose([self.encode(CALL_OPEN), self.encode(self.end_text)], gold_none)) == 1:
+                return calls
+        else:
+            yield Inject(self.encode(CALL_OPEN))
         while True:
             gold_call = gold[len(calls)] if gold is not None else None
             gold_index = None
@@ -431,6 +452,8 @@ class TemplateMachine:
                 raise TemplateError(f"gold string {gold!r} is longer than max_string_tokens")
         content: list[int] = []
         escaped = False
+        writing = False  # the model chose to write this value rather than copy it
+        gold_bytes = vocab.decode_value_bytes(gold_ids) if gold_ids else b""
         spans = self._spans
         # A copy in progress: where its prefix occurs in the query, how long it is, its last byte.
         starts = spans.first_starts if spans is not None else []
@@ -451,13 +474,23 @@ class TemplateMachine:
                     copied.add(vocab.quote_id)
                 if copied:
                     copy_allowed = sorted(copied)
-            # A gold value that is not a span of the source is written freely (as inference would
-            # when the query lacks it): teacher mode keeps the copy list only when gold fits it.
-            if copy_allowed is not None and (target is None or target in copy_allowed):
-                allowed: list[int] | torch.Tensor = copy_allowed
+            if copy_allowed is not None and self.write_id is not None and not content and not writing:
+                # The value's first decision: copy (a span's first token) or write (the marker).
+                wanted = None
+                if gold_ids is not None:
+                    wanted = target if target in copy_allowed and self._whole_word_ends(gold_bytes) else self.write_id
+                token = yield Generate([*copy_allowed, self.write_id], wanted)
+                if token == self.write_id:
+                    writing = True
+                    starts = []
+                    continue
+            elif copy_allowed is not None and (target is None or target in copy_allowed) and not writing:
+                # A gold value that is not a span of the source is written freely (as inference
+                # would when the query lacks it): teacher mode keeps the copy list only when gold fits it.
+                token = yield Generate(copy_allowed, target)
             else:
                 allowed = vocab.string_mask[True] if escaped else self.compiled.string_open
-            token = yield Generate(allowed, target)
+                token = yield Generate(allowed, target)
             if token == vocab.quote_id and not escaped:
                 break
             escaped = vocab.string_exit[escaped][token]
@@ -501,6 +534,7 @@ class TemplateMachine:
         text = ""
         state = START  # the number DFA's state after ``text``: each step is a table lookup
         count = 0
+        writing = False  # the model chose to write this number rather than copy one
         while True:
             if count >= self.limits.max_number_tokens:
                 fill = completion_digit(text, integer)
@@ -519,16 +553,27 @@ class TemplateMachine:
             moves = self.compiled.number_free(state, text, integer)
             free = set(moves)
             numeric, allowed = free, self._number_allowed(free, text, integer, alt_ids, then_ids, blocked=False)
-            if self._source is not None:
+            offer_write = False
+            if self._source is not None and not writing:
                 literals = self._source_numbers(integer)
                 extend = self._number_extensions(text, literals, free)
                 closable = text in literals
                 if extend or closable:  # otherwise (no such number in the query) the number stays free
                     copy_allowed = self._number_allowed(extend, text, integer, alt_ids, then_ids, blocked=not closable)
+                    if self.write_id is not None and not text:
+                        # The number's first decision: copy a literal of the query, or write one.
+                        offer_write = True
+                        numeric, allowed = extend, copy_allowed | {self.write_id}
+                        if teacher:
+                            copyable = gold_alt is not None or json.dumps(gold) in literals
+                            target = target if copyable and target in copy_allowed else self.write_id
                     # Teacher mode keeps the copy restriction only where the gold number fits it.
-                    if target is None or target in copy_allowed:
+                    elif target is None or target in copy_allowed:
                         numeric, allowed = extend, copy_allowed
             token = yield Generate(sorted(allowed), target)
+            if offer_write and token == self.write_id:
+                writing = True
+                continue
             if token in numeric:
                 text += vocab.number_tokens[token]
                 state = moves[token]
@@ -772,6 +817,37 @@ def jump_forward(program: Program) -> Program:
     injected, so training scores only what inference asks. A forced step whose gold token is a
     different one is left a ``Generate`` (teacher mode then reports the gold as not allowed)."""
     return rewrite_steps(program, _forced_token)
+
+
+# A number as people write it: thousands separators ("200,000"), a scale word or letter ("1.5M",
+# "3 billion", "10k"). Whole numbers only: not the pieces of a date, a version or a word
+# ("2026-04-18", "pm2.5"); "5m" (metres?) is left alone.
+_NUMBER_MENTION = re.compile(
+    r"(?<![\w.\-])(-?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
+    r"(?:\s?(k|K|thousand|M|mn|million|B|bn|billion|trillion)\b)?(?![\w\-]|\.\d|,\d{3}(?!\d))"
+)
+_SCALES = {"k": 3, "K": 3, "thousand": 3, "M": 6, "mn": 6, "million": 6, "B": 9, "bn": 9, "billion": 9, "trillion": 12}
+
+
+def number_literals(text: str) -> Counter[str]:
+    """The JSON number literals a query's mentions can be copied as: "$200,000" gives 200000
+    (never 200 and 000), "1.5M" gives 1500000 and 1.5 (the parameter may count in millions)."""
+    from decimal import Decimal
+
+    found: Counter[str] = Counter()
+    for match in _NUMBER_MENTION.finditer(text):
+        sign, digits, fraction, scale = match.group(1), match.group(2).replace(",", ""), match.group(3) or "", match.group(4)
+        plain = sign + str(int(digits)) + fraction if digits.isdigit() else sign + digits + fraction
+        if len(digits) > 1 and digits.startswith("0") and "," not in match.group(2):
+            plain = sign + digits + fraction  # "007" is not a number literal; kept only as written
+            if not re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?", plain):
+                continue
+        found[plain] += 1
+        if scale:
+            value = Decimal(sign + digits + fraction).scaleb(_SCALES[scale])
+            scaled = format(value.normalize(), "f")
+            found[scaled if "." not in scaled else scaled.rstrip("0").rstrip(".")] += 1
+    return found
 
 
 def _literal_index(literals: list[Any], gold: Any) -> int:

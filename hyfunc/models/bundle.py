@@ -25,7 +25,7 @@ from torch import nn
 
 from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
 from hyfunc.cascade.retriever import Retriever, RetrieverConfig
-from hyfunc.models.soft_slot import ensure_soft_slot
+from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
 
 MANIFEST = "hyfunc.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +80,8 @@ class Manifest:
 # Decoding settings a manifest may carry, with their types.
 DECODING_KEYS: dict[str, tuple[type, ...]] = {
     "copy_values": (bool,),
+    "write_values": (bool,),
+    "no_call": (bool,),
     "copy_distinct": (bool,),
     "retriever_prior": (int, float),
     "soft_tokens": (int,),
@@ -201,6 +203,8 @@ def load_lms(directory: Path, manifest: Manifest, dtype: torch.dtype = torch.flo
     # rounds once, not twice.
     model = AutoModelForCausalLM.from_pretrained(str(lms_dir), dtype=torch.float32 if manifest.lms_adapter else dtype)
     ensure_soft_slot(tokenizer, model)
+    if manifest.decoding.get("write_values"):
+        ensure_write_marker(tokenizer, model)
     if manifest.lms_adapter:
         from peft import PeftModel
 

@@ -27,6 +27,22 @@ def ensure_soft_slot(tokenizer, model=None) -> int:
     return soft_id
 
 
+def ensure_write_marker(tokenizer, model=None) -> int:
+    """Add the template machine's write marker (`<|write|>`, chosen instead of copying a value
+    from the query) the way `ensure_soft_slot` adds the slot: a special token and a row that is
+    the mean of the others, so training and every load agree without shipping the row."""
+    from hyfunc.cascade.template import WRITE_MARKER
+
+    if WRITE_MARKER not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [WRITE_MARKER]}, replace_extra_special_tokens=False)
+    marker = int(tokenizer.convert_tokens_to_ids(WRITE_MARKER))
+    if model is not None:
+        rows = int(model.get_input_embeddings().weight.shape[0])
+        if marker >= rows:
+            _grow_embeddings(model, max(len(tokenizer), marker + 1))
+    return marker
+
+
 @torch.no_grad()
 def _grow_embeddings(model, rows: int) -> None:
     old = int(model.get_input_embeddings().weight.shape[0])

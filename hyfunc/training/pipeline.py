@@ -20,7 +20,7 @@ from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
 from hyfunc.cascade.retriever import RetrieverConfig
 from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
 from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_module, stamp_versions
-from hyfunc.models.soft_slot import ensure_soft_slot
+from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
 from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, is_lora, train_lms
@@ -39,13 +39,55 @@ class LMSArch:
     vocab_size: int = 1200
 
 
+DATA_KINDS = ("demo", "seal", "xlam")
+
+
+@dataclass
+class DataSource:
+    """One training source of a mixed recipe (`data: mix`).
+
+    ``weight`` scales the source's share: 0.5 keeps a random half of its training examples, 2.0
+    takes each twice (a fraction of a copy is a random share). Held-out examples are never
+    weighted. ``n``: demo examples to generate; ``path``: the Seal-Tools dataset directory or the
+    xlam file; ``heldout_share``: what a seal/xlam source keeps back for calibration (a
+    ``heldout_file`` replaces it for xlam)."""
+
+    kind: str
+    weight: float = 1.0
+    n: int = 4000
+    path: str | None = None
+    heldout_file: str | None = None
+    heldout_share: float = 0.05
+    per_tool: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"training config: data source kind must be one of {', '.join(DATA_KINDS)}, got {self.kind!r}")
+        if self.weight < 0:
+            raise ValueError(f"training config: data source {self.kind}: weight must be >= 0, got {self.weight}")
+        if self.kind == "xlam" and not self.path:
+            raise ValueError(f"training config: data source {self.kind} needs path")
+        if not 0 <= self.heldout_share < 1:
+            raise ValueError(f"training config: data source {self.kind}: heldout_share must be in [0, 1)")
+
+
 @dataclass
 class Recipe:
     out_dir: str = "models/demo"
     work_dir: str = "runs/demo"
     name: str = "hyfunc-demo"
     # data: the bundled demo task, or xlam-format files
-    data: str = "demo"  # "demo" | "xlam"
+    data: str = "demo"  # "demo" | "xlam" | "mix" (the `sources` below, each with a weight)
+    sources: list[DataSource] = field(default_factory=list)
+    # Stages taken from elsewhere instead of trained: {"retriever": DIR} (a models directory or a
+    # retriever directory; its threshold is recalibrated on this recipe's held-out data).
+    reuse: dict[str, str] = field(default_factory=dict)
+    # Torch threads for training (None: torch's default). Fewer than the cores when other work
+    # shares the machine: two threads on two busy cores run many times slower than one.
+    threads: int | None = None
+    # With lms.no_call the gate only refuses what is clearly off: its threshold refuses at most
+    # this share of held-out call queries; the LMS decides the rest.
+    gate_max_false_no_call: float = 0.02
     train_file: str | None = None
     heldout_file: str | None = None
     n_train: int = 4000
@@ -81,7 +123,15 @@ class Recipe:
             data["arch"] = LMSArch(**data["arch"])
         if "lms" in data:
             data["lms"] = LMSTrainConfig(**data["lms"])
-        return cls(**data)
+        if "sources" in data:
+            data["sources"] = [DataSource(**source) for source in data["sources"] or []]
+        recipe = cls(**data)
+        unknown_stages = sorted(set(recipe.reuse) - {"retriever"})
+        if unknown_stages:
+            raise ValueError(f"training config: reuse takes 'retriever', got {unknown_stages}")
+        if recipe.data == "mix" and not recipe.sources:
+            raise ValueError("training config: data: mix needs a list of sources")
+        return recipe
 
 
 def _log(message: str) -> None:
@@ -105,7 +155,54 @@ def load_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     return train, heldout
 
 
+def _weighted(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:
+    whole, part = int(weight), weight - int(weight)
+    out = [ex for ex in examples for _ in range(whole)]
+    out += [ex for ex in examples if rng.random() < part]
+    return out
+
+
+def _load_source(source: DataSource, recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    rng = random.Random(recipe.seed + 31)
+    if source.kind == "demo":
+        from hyfunc.training.demo_task import generate_demo_examples
+
+        return (generate_demo_examples("train", source.n, recipe.seed),
+                generate_demo_examples("heldout", recipe.n_heldout, recipe.seed + 1))
+    if source.kind == "seal":
+        from hyfunc.training.seal_tools import seal_training_examples
+
+        examples, info = seal_training_examples(source.path, per_tool=source.per_tool, seed=recipe.seed)
+        _log(f"seal: {json.dumps(info)}")
+    else:
+        from hyfunc.training.data import load_xlam
+
+        assert source.path
+        examples, report = load_xlam(source.path)
+        _log(report.summary())
+        if source.heldout_file:
+            heldout, report = load_xlam(source.heldout_file)
+            _log(report.summary())
+            return examples, heldout
+    examples = list(examples)
+    rng.shuffle(examples)
+    cut = int(len(examples) * source.heldout_share)
+    return examples[cut:], examples[:cut]
+
+
 def _load_raw(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    if recipe.data == "mix":
+        rng = random.Random(recipe.seed + 7)
+        train: list[Example] = []
+        heldout: list[Example] = []
+        for source in recipe.sources:
+            part_train, part_heldout = _load_source(source, recipe)
+            kept = _weighted(part_train, source.weight, rng)
+            _log(f"source {source.kind}: {len(part_train)} train x {source.weight} -> {len(kept)}, {len(part_heldout)} held-out")
+            train += kept
+            heldout += part_heldout
+        rng.shuffle(train)
+        return train, heldout
     if recipe.data == "demo":
         from hyfunc.training.demo_task import generate_demo_examples
 
@@ -123,7 +220,7 @@ def _load_raw(recipe: Recipe) -> tuple[list[Example], list[Example]]:
         heldout, report = load_xlam(recipe.heldout_file)
         _log(report.summary())
         return train, heldout
-    raise ValueError(f"data must be 'demo' or 'xlam', got {recipe.data!r}")
+    raise ValueError(f"data must be 'demo', 'xlam' or 'mix', got {recipe.data!r}")
 
 
 def _done(work: Path, stage: str) -> bool:
@@ -144,6 +241,8 @@ def train_tokenizer_stage(recipe: Recipe, train: list[Example], work: Path):
     if recipe.lms_init:
         tokenizer = AutoTokenizer.from_pretrained(str(lms_init_dir(recipe)))
         ensure_soft_slot(tokenizer)  # the model gets its row in _init_lms, as inference adds it
+        if recipe.lms.write_values:
+            ensure_write_marker(tokenizer)
         return tokenizer
     if _done(work, "tokenizer"):
         return AutoTokenizer.from_pretrained(str(path))
@@ -153,6 +252,8 @@ def train_tokenizer_stage(recipe: Recipe, train: list[Example], work: Path):
         texts.append(lms_job_prompt(ex.query, ex.tools, 1))
         texts.append(json.dumps([c.model_dump() for c in ex.answers], ensure_ascii=False))
     tokenizer = train_bpe_tokenizer(texts, vocab_size=recipe.arch.vocab_size)
+    if recipe.lms.write_values:
+        ensure_write_marker(tokenizer)
     tokenizer.save_pretrained(str(path))
     _mark(work, "tokenizer", {"vocab": len(tokenizer)})
     return AutoTokenizer.from_pretrained(str(path))
@@ -171,6 +272,8 @@ def load_intent(recipe: Recipe, device: str) -> IntentEncoder:
 def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Run every stage not yet done; returns the report (also written to the model card)."""
     started = time.time()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     work = Path(recipe.work_dir)
     out = Path(recipe.out_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -189,6 +292,16 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     from hyfunc.models.bundle import load_retriever
 
     retriever_dir = work / "retriever"
+    gate_share = recipe.gate_max_false_no_call if recipe.lms.no_call else None
+    if "retriever" in recipe.reuse and not _done(work, "retriever"):
+        source = Path(recipe.reuse["retriever"])
+        source = resolve_part(source, Manifest.read(source).retriever_path) if (source / "hyfunc.json").is_file() else source
+        retriever = load_retriever(source)
+        r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k, gate_share)
+        retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold,
+                          "gate_accuracy": gate, "reused": str(source)}
+        save_module(retriever, retriever.config_dict(), retriever_dir)
+        _mark(work, "retriever", retriever_info)
     if _done(work, "retriever"):
         retriever = load_retriever(retriever_dir)
         retriever_info = json.loads((work / "retriever.done").read_text())
@@ -198,7 +311,7 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
             tower=recipe.retriever_tower,
         )
         retriever, loss = train_retriever(train, cache, rconf, steps=recipe.retriever_steps, seed=recipe.seed, progress=progress)
-        r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k)
+        r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k, gate_share)
         retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold, "gate_accuracy": gate, "final_loss": loss}
         save_module(retriever, retriever.config_dict(), retriever_dir)
         _mark(work, "retriever", retriever_info)
@@ -206,7 +319,7 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
     # 3. Tokenizer and the LMS + projector (selective SFT).
     tokenizer = train_tokenizer_stage(recipe, train, work)
-    machine = TemplateMachine(tokenizer, MachineLimits())
+    machine = TemplateMachine(tokenizer, MachineLimits(write_values=recipe.lms.write_values, no_call=recipe.lms.no_call))
     lms = _init_lms(recipe, tokenizer)
     if recipe.lms.lora:
         lms = apply_lora(lms, recipe.lms)
@@ -217,10 +330,12 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         losses = train_lms(lms, projector, tokenizer, sequences, recipe.lms, work / "lms_checkpoint", recipe.device, progress)
         _mark(work, "lms", {"first_loss": losses[0], "final_loss": sum(losses[-20:]) / min(20, len(losses))})
     else:
-        from safetensors.torch import load_file, load_model
+        from hyfunc.training.lms import latest_checkpoint, load_trained_weights
 
-        load_model(lms, str(work / "lms_checkpoint" / "lms.safetensors"))
-        projector.load_state_dict(load_file(str(work / "lms_checkpoint" / "projector" / "model.safetensors")))
+        checkpoint = latest_checkpoint(work / "lms_checkpoint")
+        if checkpoint is None:
+            raise FileNotFoundError(f"{work}/lms.done exists but {work}/lms_checkpoint holds no checkpoint")
+        load_trained_weights(lms, projector, checkpoint)
     lms_info = json.loads((work / "lms.done").read_text())
     _log(f"lms: {lms_info}")
 
@@ -251,6 +366,7 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         "lms": lms_info,
         "train_seconds": round(time.time() - started, 1),
     }
+    _log(f"done in {report['train_seconds']:.0f} s wall time -> {out}")
     (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
@@ -270,7 +386,9 @@ def trained_decoding(recipe: Recipe, projector: SoftTokenProjector) -> dict[str,
     them); distinct spans and the retriever prior as the demo models were scored."""
     from hyfunc.cascade.decoding import RETRIEVER_PRIOR_DEFAULT
 
-    return asdict(MachineLimits(copy_values=recipe.lms.constrained)) | {
+    limits = MachineLimits(copy_values=recipe.lms.constrained, write_values=recipe.lms.write_values and recipe.lms.constrained,
+                           no_call=recipe.lms.no_call)
+    return asdict(limits) | {
         "retriever_prior": RETRIEVER_PRIOR_DEFAULT,
         "soft_tokens": projector.config.num_tokens,
         "prompt_order": "canonical",
@@ -285,7 +403,9 @@ def _save_lms(recipe: Recipe, lms, tokenizer, out: Path) -> tuple[str, str | Non
     from hyfunc.models.pull import BASE_PREFIX
 
     if is_lora(lms) and recipe.lms_init and recipe.lms_init.startswith(BASE_PREFIX):
-        lms.save_pretrained(str(out / "lms_adapter"))
+        # The soft slot and write marker rows are recreated at load (the mean of the base's rows),
+        # so the adapter ships without the resized embedding table (~20 MB instead of ~235 MB).
+        lms.save_pretrained(str(out / "lms_adapter"), save_embedding_layers=False)
         return recipe.lms_init, "lms_adapter"
     model = lms.merge_and_unload() if is_lora(lms) else lms
     model.save_pretrained(str(out / "lms"))
@@ -301,6 +421,8 @@ def _init_lms(recipe: Recipe, tokenizer):
     if recipe.lms_init:
         model = AutoModelForCausalLM.from_pretrained(str(lms_init_dir(recipe)))
         ensure_soft_slot(tokenizer, model)  # a pretrained checkpoint has no row for the slot yet
+        if recipe.lms.write_values:
+            ensure_write_marker(tokenizer, model)  # in load_lms's order, so the rows agree
         return model
     from transformers import Qwen3ForCausalLM
 
@@ -331,7 +453,8 @@ def inference_candidates(example: Example, scores: list[float], top_k: int) -> l
 
 
 def _sequences(recipe: Recipe, train: list[Example], machine, tokenizer, retriever, cache):
-    examples = [ex for ex in train if ex.answers]
+    # No-call examples train the LMS's own no-call decision when the template offers it.
+    examples = [ex for ex in train if ex.answers or recipe.lms.no_call]
     scores = best_scores(retriever, examples, cache)
     soft = query_vectors(cache, [ex.query for ex in examples])
     sequences = []

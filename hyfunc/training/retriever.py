@@ -115,8 +115,14 @@ def best_scores(model: Retriever, examples: list[Example], cache: EmbeddingCache
     return out
 
 
-def evaluate_retriever(model: Retriever, examples: list[Example], cache: EmbeddingCache, k: int) -> tuple[float, float, float, float]:
-    """recall@1, recall@k over gold calls, and the calibrated threshold with its gate accuracy."""
+def evaluate_retriever(
+    model: Retriever, examples: list[Example], cache: EmbeddingCache, k: int, max_false_no_call: float | None = None
+) -> tuple[float, float, float, float]:
+    """recall@1, recall@k over gold calls, and the calibrated threshold with its gate accuracy.
+
+    ``max_false_no_call``: the gate shares irrelevance with an LMS that can answer "no call", so
+    it only refuses what is clearly off: the threshold is the highest that refuses at most this
+    share of the held-out call queries (and at most the balanced-accuracy threshold)."""
     scores = best_scores(model, examples, cache)
     hits1 = hitsk = total = 0
     call_best, none_best = [], []
@@ -134,7 +140,19 @@ def evaluate_retriever(model: Retriever, examples: list[Example], cache: Embeddi
         else:
             none_best.append(max(s))
     threshold, accuracy = calibrate_threshold(call_best, none_best)
+    if max_false_no_call is not None and call_best:
+        threshold = min(threshold, recall_threshold(call_best, max_false_no_call))
+        kept = sum(s >= threshold for s in call_best)
+        rejected = sum(s < threshold for s in none_best)
+        accuracy = (kept + rejected) / (len(call_best) + len(none_best))
     return hits1 / max(total, 1), hitsk / max(total, 1), threshold, accuracy
+
+
+def recall_threshold(call_scores: list[float], max_refused: float) -> float:
+    """The highest threshold that refuses at most ``max_refused`` of ``call_scores``."""
+    ordered = sorted(call_scores)
+    refused = int(max_refused * len(ordered))  # this many may fall under the threshold
+    return ordered[refused] - 1e-6 if refused < len(ordered) else ordered[-1]
 
 
 def calibrate_threshold(call_scores: list[float], none_scores: list[float]) -> tuple[float, float]:

@@ -482,24 +482,39 @@ def generate_call(tool: Tool, seen: dict[tuple[str, str], list[Any]], rng: rando
 
 
 _JOINERS = (" Also, ", " Then ", " After that, ", " Additionally, ", " And ")
+# How many calls a generated call query asks for (weights): BFCL-style parallel questions ask for
+# 2-4 calls, often of one tool with other values ("weather in Paris and in Oslo"); a model trained
+# on one- and two-call queries only stops too early.
+CALL_COUNT_WEIGHTS = {1: 0.55, 2: 0.25, 3: 0.12, 4: 0.08}
+SAME_TOOL_SHARE = 0.5  # of the multi-call queries: every call to the same tool, with other values
 
 
 def generate_examples(
     library: SealLibrary,
     per_tool: int = 2,
     seen: dict[tuple[str, str], list[Any]] | None = None,
-    two_call_share: float = 0.2,
+    two_call_share: float | None = None,
     no_call_share: float = 0.1,
     n_candidates: int = N_CANDIDATES,
     seed: int = 0,
     exclusions: BfclExclusions | None = None,
+    exclude_tools: set[str] | None = None,
+    call_counts: dict[int, float] | None = None,
 ) -> list[Example]:
-    """Queries generated from the tool library: per tool `per_tool` single-call queries, plus
-    two-call queries (two tools, joined sentences) and no-call queries (a query whose tool is not
-    among the candidates: what the relevance gate learns from)."""
+    """Queries generated from the tool library: per tool `per_tool` call queries of 1-4 calls
+    (`call_counts` weights; half the multi-call ones repeat one tool with other values), plus
+    no-call queries (a query whose tool is not among the candidates: what the relevance gate and
+    the LMS's no-call decision learn from). `exclude_tools` never appear, as gold or candidate
+    (e.g. the tools of an evaluation split). `two_call_share` (older callers): one- and two-call
+    queries only, that share of them with two calls."""
     rng = random.Random(seed)
     seen = seen or {}
-    names = [n for n in sorted(library.tools) if exclusions is None or exclusions.tool_allowed(n)]
+    banned = exclude_tools or set()
+    if two_call_share is not None:
+        call_counts = {1: 1.0 - two_call_share, 2: two_call_share}
+    counts = call_counts or CALL_COUNT_WEIGHTS
+    names = [n for n in sorted(library.tools)
+             if n not in banned and (exclusions is None or exclusions.tool_allowed(n))]
     singles: list[tuple[str, Call]] = []
     for name in names:
         for _ in range(per_tool):
@@ -510,20 +525,33 @@ def generate_examples(
     allowed = set(names)
     for i, (query, call) in enumerate(singles):
         key = f"gen-{seed}-{i}"
-        roll = rng.random()
-        if roll < no_call_share:
+        if rng.random() < no_call_share:
             tool_field = library.fields.get(call.name, "")
             cands = [n for n in rng.sample(names, min(len(names), 4 * n_candidates))
                      if library.fields.get(n, "") != tool_field][:n_candidates]
             out.append(Example(query=query, tools=[library.tools[n] for n in cands], answers=[], id=key))
             continue
+        wanted = rng.choices(list(counts), weights=list(counts.values()))[0]
         calls = [call]
-        if roll < no_call_share + two_call_share:
-            other_query, other = singles[rng.randrange(len(singles))]
-            if other.name != call.name:
-                query = query + rng.choice(_JOINERS) + other_query[0].lower() + other_query[1:]
-                calls.append(other)
-        cands = [n for n in distractors(library, [c.name for c in calls], n_candidates, key) if n in allowed]
+        same_tool = wanted > 1 and rng.random() < SAME_TOOL_SHARE
+        for _ in range(30):  # draws that repeat a call or its tool (when unwanted) are retried
+            if len(calls) >= wanted:
+                break
+            if same_tool:
+                made = generate_call(library.tools[call.name], seen, rng)
+                if made is None:
+                    break
+                other_query, other = made
+            else:
+                other_query, other = singles[rng.randrange(len(singles))]
+                if any(c.name == other.name for c in calls):
+                    continue
+            if not other.arguments or any(c == other for c in calls):
+                continue
+            query = query + rng.choice(_JOINERS) + other_query[0].lower() + other_query[1:]
+            calls.append(other)
+        cands = [n for n in distractors(library, [c.name for c in calls], n_candidates, key, exclude=banned)
+                 if n in allowed]
         rng.shuffle(cands)
         out.append(Example(query=query, tools=[library.tools[n] for n in cands], answers=calls, id=key))
     if exclusions is not None:
@@ -531,32 +559,86 @@ def generate_examples(
     return out
 
 
+def evaluation_holdouts(directory: Path) -> tuple[set[str], set[str]]:
+    """What Seal-Tools training must never see: the test splits' queries (by their words) and the
+    tools of `test_out_domain` (that split measures tools never seen in training)."""
+    queries: set[str] = set()
+    ood_tools: set[str] = set()
+    for split in ("test_in_domain", "test_out_domain"):
+        path = directory / f"{split}.jsonl"
+        if not path.is_file():
+            raise SealDataMissing(
+                f"{directory} has no {split}.jsonl: without it training cannot keep that evaluation "
+                f"split's queries{' and tools' if split == 'test_out_domain' else ''} out; {_HOW_TO_GET}"
+            )
+        for _number, record in _jsonl(path):
+            if not isinstance(record, dict):
+                continue
+            if isinstance(record.get("query"), str):
+                queries.add(_norm_text(record["query"]))
+            if split == "test_out_domain":
+                for item in record.get("calling") or []:
+                    if isinstance(item, dict) and isinstance(item.get("api"), str):
+                        ood_tools.add(item["api"])
+    return queries, ood_tools
+
+
+def training_data_dir(data: str | Path | None = None) -> Path:
+    """The Seal-Tools directory training reads: `data` or $HYFUNC_SEAL_DIR, never the vendored
+    `data/seal/` (it holds only the test_in_domain split that `hyfunc eval seal` scores)."""
+    chosen = data or os.environ.get("HYFUNC_SEAL_DIR")
+    if not chosen:
+        raise SealDataMissing("Seal-Tools training data needs --data DIR (or HYFUNC_SEAL_DIR): the repository's "
+                              f"data/seal/ is an evaluation split and is never trained on; {_HOW_TO_GET}")
+    directory = seal_data_dir(chosen)
+    if directory.resolve() == VENDORED_DIR.resolve():
+        raise SealDataMissing(f"{directory} is the vendored evaluation split (test_in_domain) and is never trained on; "
+                              f"{_HOW_TO_GET}")
+    for name in ("tool.jsonl", "dev.jsonl"):
+        if not (directory / name).is_file():
+            raise SealDataMissing(f"{directory} has no {name}; {_HOW_TO_GET}")
+    return directory
+
+
 def seal_training_examples(
     data: str | Path | None = None,
     per_tool: int = 2,
     seed: int = 0,
     exclusions: BfclExclusions | None = None,
+    call_counts: dict[int, float] | None = None,
 ) -> tuple[list[Example], dict[str, Any]]:
     """Training data from Seal-Tools: the dev split (records whose gold fits the schema and uses
     no earlier call's output) and queries generated from the tool library; with BFCL's function
-    names and questions excluded. Returns the examples and their provenance for the model card."""
-    directory = seal_data_dir(data)
+    names and questions, the test splits' queries and the out-of-domain test tools excluded.
+    Returns the examples and their provenance for the model card."""
+    directory = training_data_dir(data)
     exclusions = exclusions if exclusions is not None else BfclExclusions.load()
     library = load_seal_library(directory)
-    dev: list[SealExample] = []
+    test_queries, ood_tools = evaluation_holdouts(directory)
+
+    def clean(ex: Example) -> bool:
+        # An out-of-domain test tool among the distractors is dropped from the candidates; as gold,
+        # the record goes.
+        if any(c.name in ood_tools for c in ex.answers):
+            return False
+        ex.tools = [t for t in ex.tools if t.name not in ood_tools]
+        return (exclusions.query_allowed(ex.query) and _norm_text(ex.query) not in test_queries
+                and all(exclusions.tool_allowed(t.name) for t in ex.tools))
+
+    dev, _report = load_seal_split("dev", directory, library=library)
+    dev = [ex for ex in dev if not ex.nested and clean(ex)]
     seen: dict[tuple[str, str], list[Any]] = {}
-    if (directory / "dev.jsonl").is_file():
-        dev, _report = load_seal_split("dev", directory, library=library)
-        dev = [ex for ex in dev if not ex.nested and exclusions.query_allowed(ex.query)
-               and all(exclusions.tool_allowed(t.name) for t in ex.tools)]
-        for ex in dev:
-            for call in ex.answers:
-                for name, value in call.arguments.items():
-                    seen.setdefault((call.name, name), []).append(value)
-    generated = generate_examples(library, per_tool=per_tool, seen=seen, seed=seed, exclusions=exclusions)
+    for ex in dev:
+        for call in ex.answers:
+            for name, value in call.arguments.items():
+                seen.setdefault((call.name, name), []).append(value)
+    generated = generate_examples(library, per_tool=per_tool, seen=seen, seed=seed, exclusions=exclusions,
+                                  exclude_tools=ood_tools, call_counts=call_counts)
+    generated = [ex for ex in generated if clean(ex)]
     examples = [*dev, *generated]
-    info = provenance(directory, splits=["dev"] if dev else [], dev_examples=len(dev),
-                      generated_examples=len(generated), tools=len(library.tools),
+    info = provenance(directory, splits=["dev"], dev_examples=len(dev),
+                      generated_examples=len(generated), tools=len(library.tools) - len(ood_tools),
+                      excluded_out_of_domain_tools=len(ood_tools), excluded_test_queries=len(test_queries),
                       generator="hyfunc.training.seal_tools.generate_examples", seed=seed, per_tool=per_tool,
                       bfcl_excluded=True)
     return examples, info
@@ -581,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Seal-Tools training data (xlam JSONL) with provenance; BFCL excluded")
     parser.add_argument("--out", required=True, help="xlam JSONL to write")
-    parser.add_argument("--data", help="Seal-Tools_Dataset directory (default: $HYFUNC_SEAL_DIR, else data/seal/)")
+    parser.add_argument("--data", help="Seal-Tools_Dataset directory with tool.jsonl, dev.jsonl and the test splits "
+                        "(default: $HYFUNC_SEAL_DIR; the vendored data/seal/ is an evaluation split and is refused)")
     parser.add_argument("--per-tool", type=int, default=2, help="generated queries per tool")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -44,7 +44,7 @@ def test_manifest_wins_over_code_defaults_and_loses_to_explicit_config() -> None
     assert decoding_sources(explicit, TRAINED) == {
         "max_calls": "config", "max_string_tokens": "manifest", "max_number_tokens": "default",
         "max_array_items": "default", "copy_values": "config", "copy_distinct": "manifest", "retriever_prior": "config",
-        "prompt_order": "default",
+        "prompt_order": "default", "write_values": "default", "no_call": "default",
     }
     # No manifest settings at all: today's code defaults.
     assert resolve_decoding(CascadeConfig(), None).model_dump() == CascadeConfig(**CODE_DEFAULTS).model_dump()
@@ -143,6 +143,6 @@ def test_training_records_how_the_lms_was_trained_to_decode() -> None:
     assert constrained == {
         "max_calls": 4, "max_string_tokens": 48, "max_number_tokens": 12, "max_array_items": 8,
         "copy_values": True, "copy_distinct": True, "retriever_prior": 1.0, "soft_tokens": 2,
-        "prompt_order": "canonical",
+        "prompt_order": "canonical", "write_values": False, "no_call": False,
     }
     assert trained_decoding(Recipe(lms=LMSTrainConfig(constrained=False)), projector)["copy_values"] is False
