@@ -54,9 +54,9 @@ def compare(base_dir: str, limit: int, latency_n: int) -> dict:
 
 
 def time_lora_sft(base_dir: str, steps: int, batch: int = 4) -> dict:
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.cascade.template import MachineLimits, TemplateMachine
     from hyfunc.models.bundle import ModelBundle
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.training.demo_task import generate_demo_examples
     from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, selective_loss
 

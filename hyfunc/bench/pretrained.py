@@ -31,9 +31,9 @@ def write_base_lms_models(dest: Path, demo_dir: Path, base: str = DEFAULT_BASE) 
     a zero projector sized for it. The base must be pulled (`hyfunc models pull BASE`)."""
     import torch
 
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.models.bundle import save_module, stamp_versions
     from hyfunc.models.cache import base_dir, read_marker
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
 
     directory = base_dir(base)
     if read_marker(directory) is None:

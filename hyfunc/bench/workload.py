@@ -105,9 +105,9 @@ def write_bench_models(directory: str | Path, corpus: list[str], seed: int = 0) 
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-    from hyfunc.cascade.retriever import Retriever, RetrieverConfig
     from hyfunc.models.bundle import Manifest, save_module, stamp_versions
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.retriever import Retriever, RetrieverConfig
     from hyfunc.models.tiny import qwen3_config
     from hyfunc.models.tokenizer import train_bpe_tokenizer
 

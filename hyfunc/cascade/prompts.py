@@ -16,9 +16,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from hyfunc.models.soft_slot import SOFT_TOKEN
 from hyfunc.schema import Tool
-
-SOFT_TOKEN = "<|soft|>"  # the soft-token slot: its input embedding is the projected LML soft token
 
 INTENT_SYSTEM = "You turn a user's request into function calls. Read the request."
 

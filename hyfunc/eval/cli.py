@@ -82,10 +82,10 @@ def cmd_eval_seal(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from hyfunc.cascade.retriever import identity_retriever
     from hyfunc.cli import CliError
     from hyfunc.config import ConfigError, load_config
     from hyfunc.models.bundle import Manifest, ModelsError, load_retriever, resolve_part
+    from hyfunc.models.retriever import identity_retriever
     from hyfunc.training.retriever import intent_encoder_for
 
     try:

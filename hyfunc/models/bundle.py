@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.cascade.retriever import Retriever, RetrieverConfig
+from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.models.retriever import Retriever, RetrieverConfig
 from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
 
 MANIFEST = "hyfunc.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from hyfunc.cascade.prompts import SOFT_TOKEN
+SOFT_TOKEN = "<|soft|>"  # the soft-token slot: its input embedding is the projected LML soft token
 
 
 def ensure_soft_slot(tokenizer, model=None) -> int:

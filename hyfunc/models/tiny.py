@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.cascade.retriever import Retriever, RetrieverConfig
 from hyfunc.models.bundle import Manifest, save_module, stamp_versions
+from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.models.retriever import Retriever, RetrieverConfig
 from hyfunc.models.tokenizer import train_bpe_tokenizer
 
 TINY_CORPUS = [

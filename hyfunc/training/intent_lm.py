@@ -87,7 +87,7 @@ def compare_intent_models(recipe, lm: IntentLMConfig, progress: bool = True) -> 
     causal LML trained here from scratch. Returns per model: held-out recall@1/@k, gate accuracy,
     the calibrated threshold and the seconds its own training and embedding took."""
     from hyfunc.cascade.intent import IntentEncoder
-    from hyfunc.cascade.retriever import RetrieverConfig
+    from hyfunc.models.retriever import RetrieverConfig
     from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
     from hyfunc.training.pipeline import load_data, load_intent, train_tokenizer_stage
     from hyfunc.training.retriever import evaluate_retriever, train_retriever

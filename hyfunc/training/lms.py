@@ -21,10 +21,10 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from hyfunc.cascade.projector import SoftTokenProjector
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_prompt, lms_shared_prefix
 from hyfunc.cascade.template import TemplateMachine
 from hyfunc.models.bundle import save_module
+from hyfunc.models.projector import SoftTokenProjector
 from hyfunc.schema import Call, Tool
 
 

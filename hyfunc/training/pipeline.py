@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from hyfunc.cascade.intent import IntentEncoder
-from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.cascade.retriever import RetrieverConfig
 from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
 from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_module, stamp_versions
+from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors

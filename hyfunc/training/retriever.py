@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from hyfunc.cascade.retriever import Retriever, RetrieverConfig, info_nce_loss
+from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, query_vectors, tool_vectors
 
@@ -209,7 +209,7 @@ def train_general_retriever(
     """The residual (identity-at-init) retriever trained on general data with the usual recipe;
     the relevance threshold is calibrated on held-out tools and held-out no-call queries. The
     report holds recall and gate accuracy before training (plain cosine) and after."""
-    from hyfunc.cascade.retriever import identity_retriever
+    from hyfunc.models.retriever import identity_retriever
 
     train, held = split_by_tool(examples, seed=seed)
     dim = int(query_vectors(cache, [examples[0].query]).shape[1])

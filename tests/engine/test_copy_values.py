@@ -130,8 +130,8 @@ def test_teacher_records_the_choices_inference_offers(bundle, query, arguments):
 def test_constrained_loss_never_exceeds_the_full_softmax_loss(bundle):
     import torch
 
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.cascade.template import TemplateMachine
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.schema import Call
     from hyfunc.training.lms import build_sequence, selective_loss
 

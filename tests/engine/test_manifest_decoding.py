@@ -134,7 +134,7 @@ def test_the_demo_models_carry_their_decoding_and_the_configs_leave_it_to_them()
 
 
 def test_training_records_how_the_lms_was_trained_to_decode() -> None:
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.training.lms import LMSTrainConfig
     from hyfunc.training.pipeline import Recipe, trained_decoding
 

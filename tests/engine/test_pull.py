@@ -294,7 +294,7 @@ def test_a_lora_adapter_on_a_base_is_merged_at_load_with_the_peft_models_logits(
 def test_selective_sft_trains_only_lora_and_the_projector_and_starts_from_the_base_loss(source) -> None:
     """LoRA training runs through the same selective loss: at initialisation (LoRA B = 0) the loss
     is the base model's, and gradients reach the adapters and the projector, not the base weights."""
-    from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.models.soft_slot import ensure_soft_slot
     from hyfunc.training.lms import LMSSequence, LMSTrainConfig, apply_lora, selective_loss
 

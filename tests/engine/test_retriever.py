@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hyfunc.cascade.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.cascade.retriever import Retriever, RetrieverConfig, info_nce_loss
+from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
 
 
 def recall_at_1(model: Retriever, queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor) -> float:

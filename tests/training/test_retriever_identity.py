@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyfunc.cascade.retriever import Retriever, RetrieverConfig, identity_retriever
 from hyfunc.models.bundle import load_retriever, save_module
+from hyfunc.models.retriever import Retriever, RetrieverConfig, identity_retriever
 from hyfunc.schema import Call, Tool
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, text_key

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hyfunc.cascade.retriever import RetrieverConfig
+from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.schema import Call, Tool
 from hyfunc.training.data import Example
 from hyfunc.training.embed import EmbeddingCache, text_key
