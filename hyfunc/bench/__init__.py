@@ -2,5 +2,5 @@
 
 One module per benchmark (latency, throughput, tokens, service, memory), the baselines they
 compare against, the shared workload (inputs and the random-init bench models) and the
-report writer. `hyfunc bench …` (hyfunc/eval/cli.py) wires them together.
+report writer. `hyfunc bench …` (hyfunc/cli/eval.py) wires them together.
 """

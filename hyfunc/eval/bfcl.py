@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.eval.batches import run_examples
+from hyfunc.eval.errors import error_table
 from hyfunc.schema import CallResult
 
 _ALIASES = {"simple": "simple_python", "java": "simple_java", "javascript": "simple_javascript"}
@@ -204,6 +205,8 @@ def evaluate_bfcl(
         start = time.perf_counter()
         for ex, res in run_examples(cascade, examples, batch_size, f"bfcl {category}", progress):
             output = bfcl_output(res)
+            error_type: str | None = None
+            gold_calls: int | None = None
             if "irrelevance" in stem:
                 ok, detail = not output, None if not output else "irrelevance_error: a call was made"
             elif "relevance" in stem:
@@ -211,6 +214,8 @@ def evaluate_bfcl(
             else:
                 q = questions.get(str(ex.id))
                 a = answers.get(str(ex.id))
+                if a is not None:
+                    gold_calls = len(a["ground_truth"])
                 if q is None or a is None:
                     ok, detail = False, "record missing from the raw BFCL files"
                 elif not output:
@@ -218,11 +223,13 @@ def evaluate_bfcl(
                 else:
                     check = ast_checker(q["function"], output, a["ground_truth"], language, stem, model_name)
                     ok, detail = bool(check["valid"]), None if check["valid"] else check.get("error")
+                    error_type = check.get("error_type")
             correct += ok
             errors += res.error is not None
             no_call += not output
             rows.append({
-                "id": ex.id, "valid": ok, "result": output, "error": res.error,
+                "id": ex.id, "valid": ok, "result": output, "error": res.error, "error_type": error_type,
+                "gold_calls": gold_calls,
                 "no_call_reason": res.no_call_reason, "candidates": [c.model_dump() for c in res.candidates],
                 "detail": detail, "tokens": res.tokens.model_dump(), "timings_ms": res.timings_ms.model_dump(),
             })
@@ -252,6 +259,9 @@ def evaluate_bfcl(
             }
         if "irrelevance" in stem:
             entry["no_call_accuracy"] = entry["accuracy"]
+        else:
+            entry["gate_refused"] = sum(str(r.get("no_call_reason") or "").startswith("no tool is relevant") for r in rows)
+        entry["error_classes"] = error_table(rows)
         results["categories"][category] = entry
         if out_dir is not None:
             raw_out = out_dir / f"BFCL_v4_{stem}_result.json"

@@ -35,10 +35,13 @@ def _recipe(path: str | None, overrides: dict | None = None):
 
 
 def cmd_train_all(args: argparse.Namespace) -> int:
+    from hyfunc.training.model_card import write_model_card
     from hyfunc.training.pipeline import train_all
 
     recipe = _recipe(args.config, {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
     report = train_all(recipe)
+    command = "hyfunc train all" + (f" --config {args.config}" if args.config else "")
+    write_model_card(Path(recipe.out_dir), report, command)
     print(json.dumps({k: v for k, v in report.items() if k != "recipe"}, indent=2, default=str))
     return 0
 
@@ -73,6 +76,34 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     write_model_card(Path(recipe.out_dir), report, "hyfunc train demo")
     print(json.dumps(report["heldout"], indent=2))
     print(f"total {report['total_seconds']} s")
+    return 0
+
+
+def cmd_train_export(args: argparse.Namespace) -> int:
+    from hyfunc.cli import CliError
+    from hyfunc.training.lms import latest_checkpoint
+    from hyfunc.training.pipeline import export_checkpoint
+
+    recipe = _recipe(args.config, {"work_dir": args.work_dir})
+    checkpoints = Path(recipe.work_dir) / "lms_checkpoint"
+    if args.step == "latest":
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is None:
+            raise CliError(f"{checkpoints} holds no checkpoint")
+    elif args.step.isdigit() and int(args.step) == 0:
+        checkpoint = None
+    elif args.step.isdigit():
+        checkpoint = checkpoints / f"step-{int(args.step):06d}"
+        if not (checkpoint / "trainer_state.pt").is_file():
+            kept = sorted(d.name for d in checkpoints.glob("step-*")) if checkpoints.is_dir() else []
+            raise CliError(f"no checkpoint {checkpoint}; kept: {', '.join(kept) or 'none'}")
+    else:
+        raise CliError(f"--step must be a step number, 0 or 'latest', got {args.step!r}")
+    try:
+        out = export_checkpoint(recipe, checkpoint, Path(args.out))
+    except FileNotFoundError as err:
+        raise CliError(str(err)) from None
+    print(f"models directory {out} from {checkpoint or 'the untuned LMS'}")
     return 0
 
 
@@ -153,3 +184,10 @@ def add_train_commands(sub) -> None:
     demo.add_argument("--work-dir")
     demo.add_argument("--device")
     demo.set_defaults(func=cmd_train_demo)
+    export = tsub.add_parser("export", help="a models directory from a recipe's work directory and one LMS checkpoint")
+    export.add_argument("--config", required=True)
+    export.add_argument("--work-dir")
+    export.add_argument("--step", help="checkpoint step (step-NNNNNN under <work_dir>/lms_checkpoint), "
+                        "'latest', or 0 for the untuned LMS", default="latest")
+    export.add_argument("--out", required=True, help="models directory to write")
+    export.set_defaults(func=cmd_train_export)

@@ -138,8 +138,9 @@ def _log(message: str) -> None:
     print(f"[train] {message}", flush=True)
 
 
-def load_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
-    train, heldout = _load_raw(recipe)
+def load_data(recipe: Recipe, provenance: list[dict[str, Any]] | None = None) -> tuple[list[Example], list[Example]]:
+    """Training and held-out examples; ``provenance`` (when given) receives one entry per source."""
+    train, heldout = _load_raw(recipe, provenance if provenance is not None else [])
     if recipe.augment > 0:
         from hyfunc.training.augment import randomize_values
 
@@ -162,11 +163,12 @@ def _weighted(examples: list[Example], weight: float, rng: random.Random) -> lis
     return out
 
 
-def _load_source(source: DataSource, recipe: Recipe) -> tuple[list[Example], list[Example]]:
+def _load_source(source: DataSource, recipe: Recipe, provenance: list[dict[str, Any]]) -> tuple[list[Example], list[Example]]:
     rng = random.Random(recipe.seed + 31)
     if source.kind == "demo":
         from hyfunc.training.demo_task import generate_demo_examples
 
+        provenance.append({"kind": "demo", "generator": "hyfunc.training.demo_task", "n": source.n, "seed": recipe.seed})
         return (generate_demo_examples("train", source.n, recipe.seed),
                 generate_demo_examples("heldout", recipe.n_heldout, recipe.seed + 1))
     if source.kind == "seal":
@@ -174,12 +176,14 @@ def _load_source(source: DataSource, recipe: Recipe) -> tuple[list[Example], lis
 
         examples, info = seal_training_examples(source.path, per_tool=source.per_tool, seed=recipe.seed)
         _log(f"seal: {json.dumps(info)}")
+        provenance.append({"kind": "seal", **info})
     else:
         from hyfunc.training.data import load_xlam
 
         assert source.path
         examples, report = load_xlam(source.path)
         _log(report.summary())
+        provenance.append({"kind": "xlam", "path": source.path, "records": report.good, "skipped": len(report.errors)})
         if source.heldout_file:
             heldout, report = load_xlam(source.heldout_file)
             _log(report.summary())
@@ -190,13 +194,13 @@ def _load_source(source: DataSource, recipe: Recipe) -> tuple[list[Example], lis
     return examples[cut:], examples[:cut]
 
 
-def _load_raw(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+def _load_raw(recipe: Recipe, provenance: list[dict[str, Any]]) -> tuple[list[Example], list[Example]]:
     if recipe.data == "mix":
         rng = random.Random(recipe.seed + 7)
         train: list[Example] = []
         heldout: list[Example] = []
         for source in recipe.sources:
-            part_train, part_heldout = _load_source(source, recipe)
+            part_train, part_heldout = _load_source(source, recipe, provenance)
             kept = _weighted(part_train, source.weight, rng)
             _log(f"source {source.kind}: {len(part_train)} train x {source.weight} -> {len(kept)}, {len(part_heldout)} held-out")
             train += kept
@@ -278,7 +282,8 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     out = Path(recipe.out_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    train, heldout = load_data(recipe)
+    provenance: list[dict[str, Any]] = []
+    train, heldout = load_data(recipe, provenance)
     _log(f"data: {len(train)} train, {len(heldout)} held-out examples")
 
     # 1. LML vectors, cached and resumable.
@@ -340,12 +345,29 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     _log(f"lms: {lms_info}")
 
     # 4. The models directory.
+    write_models_dir(recipe, out, lms, tokenizer, retriever, projector, float(retriever_info["threshold"]), intent)
+    report = {
+        "recipe": asdict(recipe),
+        "data": {"train": len(train), "heldout": len(heldout), "provenance": provenance},
+        "retriever": retriever_info,
+        "lms": lms_info,
+        "train_seconds": round(time.time() - started, 1),
+    }
+    _log(f"done in {report['train_seconds']:.0f} s wall time -> {out}")
+    (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def write_models_dir(recipe: Recipe, out: Path, lms, tokenizer, retriever, projector, threshold: float, intent=None) -> None:
+    """What serving loads: the LMS (adapter or whole), retriever, projector, manifest with the
+    decoding settings training used, part versions."""
     out.mkdir(parents=True, exist_ok=True)
     lms_path, lms_adapter = _save_lms(recipe, lms, tokenizer, out)
     save_module(retriever, retriever.config_dict(), out / "retriever")
     save_module(projector, projector.config_dict(), out / "projector")
     intent_path = recipe.intent
     if not recipe.intent.startswith(PACKAGE_PREFIX):
+        intent = intent or load_intent(recipe, "cpu")
         intent.model.save_pretrained(str(out / "intent"))
         intent.tokenizer.save_pretrained(str(out / "intent"))
         intent_path = "intent"
@@ -354,21 +376,36 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         intent_path=intent_path,
         lms_path=lms_path,
         lms_adapter=lms_adapter,
-        relevance_threshold=float(retriever_info["threshold"]),
+        relevance_threshold=threshold,
         name=recipe.name,
         decoding=trained_decoding(recipe, projector),
     ).write(out)
     stamp_versions(out)
-    report = {
-        "recipe": asdict(recipe),
-        "data": {"train": len(train), "heldout": len(heldout)},
-        "retriever": retriever_info,
-        "lms": lms_info,
-        "train_seconds": round(time.time() - started, 1),
-    }
-    _log(f"done in {report['train_seconds']:.0f} s wall time -> {out}")
-    (out / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
-    return report
+
+
+def export_checkpoint(recipe: Recipe, checkpoint: Path | None, out: Path) -> Path:
+    """A models directory from a work directory's retriever and one LMS checkpoint (None: the
+    untuned LMS with the freshly initialised projector): the points of a learning curve, or an
+    earlier checkpoint to serve."""
+    from hyfunc.models.bundle import load_retriever
+    from hyfunc.training.lms import load_trained_weights
+
+    work = Path(recipe.work_dir)
+    if not _done(work, "retriever"):
+        raise FileNotFoundError(f"{work} has no trained retriever (retriever.done): run the recipe first")
+    retriever = load_retriever(work / "retriever")
+    threshold = float(json.loads((work / "retriever.done").read_text())["threshold"])
+    tokenizer = train_tokenizer_stage(recipe, [], work)
+    lms = _init_lms(recipe, tokenizer)
+    if recipe.lms.lora:
+        lms = apply_lora(lms, recipe.lms)
+    intent_dim = int(retriever.config.input_dim)
+    torch.manual_seed(recipe.seed)
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=intent_dim, output_dim=lms.config.hidden_size, hidden_dim=recipe.projector_hidden))
+    if checkpoint is not None:
+        load_trained_weights(lms, projector, checkpoint)
+    write_models_dir(recipe, out, lms.eval(), tokenizer, retriever, projector.eval(), threshold)
+    return out
 
 
 def lms_init_dir(recipe: Recipe) -> Path:

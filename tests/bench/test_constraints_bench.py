@@ -72,7 +72,7 @@ def _tiny(directory):
 
 def test_cli_parses_bench_constraints() -> None:
     from hyfunc.cli import build_parser
-    from hyfunc.eval.cli import _named_dirs
+    from hyfunc.cli.eval import _named_dirs
 
     args = build_parser().parse_args(["bench", "constraints", "--tokenizer", "gemma=/x/y", "--tokenizer", "b=c"])
     assert args.kind == "constraints" and _named_dirs(args.tokenizer) == {"gemma": "/x/y", "b": "c"}

@@ -7,7 +7,13 @@ import copy
 
 import pytest
 
-from hyfunc.cascade.template import WRITE_MARKER, MachineLimits, TemplateError, TemplateMachine, number_literals
+from hyfunc.cascade.template import (
+    WRITE_MARKER,
+    MachineLimits,
+    TemplateError,
+    TemplateMachine,
+    number_literals,
+)
 from hyfunc.models.soft_slot import ensure_write_marker
 from hyfunc.schema import Call, Tool
 
