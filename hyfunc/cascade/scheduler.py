@@ -23,10 +23,20 @@ import torch
 
 from hyfunc.cascade.prefix_cache import PrefixCache, PrefixMatch
 from hyfunc.cascade.template import Generate, Inject, Program
-from hyfunc.schema import Call
+from hyfunc.schema import Call, Tool
 
 # A job waits one step for another's prefix when they share at least this many uncached tokens.
 DEFER_SHARED_TOKENS = 16
+
+
+@dataclass
+class ProgramSpec:
+    """What a job's program was built from (``TemplateMachine.program`` arguments): plain data, so a
+    backend whose engine runs in another process (vLLM) can build the same program there."""
+
+    candidates: list[Tool]
+    source: str | None = None
+    prior: list[float] | None = None
 
 
 @dataclass
@@ -34,6 +44,7 @@ class DecodeJob:
     prompt_ids: list[int]  # job-specific prompt (after the shared prefix), with soft-token slots
     soft_embeddings: torch.Tensor | None  # (num_soft, d_lms) for the slots, or None without slots
     program: Program
+    spec: ProgramSpec | None = None  # needed by out-of-process backends (vLLM); ours runs ``program``
 
 
 @dataclass
