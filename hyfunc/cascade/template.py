@@ -39,6 +39,7 @@ import torch
 from hyfunc.cascade.constraints import RECORD_ALLOWED_MAX as RECORD_ALLOWED_MAX
 from hyfunc.cascade.constraints import CompiledVocab, CopySpans, compile_vocab, logsumexp
 from hyfunc.cascade.numbers import START, completion_digit, is_complete_number
+from hyfunc.models.soft_slot import WRITE_MARKER
 from hyfunc.schema import Call, ParamSchema, Tool
 
 CALL_OPEN = '<tool_call>\n{"name": "'
@@ -48,9 +49,6 @@ CALL_CLOSE = "}\n</tool_call>"
 END_OF_ANSWER = "<|im_end|>"
 # Where a tokenizer has no "<|im_end|>" token (Gemma), the answer ends with its own end of turn.
 END_OF_ANSWER_FALLBACKS = ("<end_of_turn>",)
-# Chosen instead of a copy's first token: "this value is written, not copied from the query". It
-# sits in the model's context but is never part of the answer text.
-WRITE_MARKER = "<|write|>"
 _TEMPLATE_TEXTS = frozenset({CALL_OPEN, CALL_NEXT, ARGS_OPEN, CALL_CLOSE, END_OF_ANSWER, *END_OF_ANSWER_FALLBACKS})
 
 

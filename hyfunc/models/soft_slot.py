@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 
 SOFT_TOKEN = "<|soft|>"  # the soft-token slot: its input embedding is the projected LML soft token
+# The template machine's "write this value, do not copy it" decision (hyfunc/cascade/template.py):
+# in the model's context, never in the answer text.
+WRITE_MARKER = "<|write|>"
 
 
 def ensure_soft_slot(tokenizer, model=None) -> int:
@@ -31,8 +34,6 @@ def ensure_write_marker(tokenizer, model=None) -> int:
     """Add the template machine's write marker (`<|write|>`, chosen instead of copying a value
     from the query) the way `ensure_soft_slot` adds the slot: a special token and a row that is
     the mean of the others, so training and every load agree without shipping the row."""
-    from hyfunc.cascade.template import WRITE_MARKER
-
     if WRITE_MARKER not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [WRITE_MARKER]}, replace_extra_special_tokens=False)
     marker = int(tokenizer.convert_tokens_to_ids(WRITE_MARKER))
