@@ -1,4 +1,8 @@
-"""`hyfunc` command line: run the cascade, make test models, and the service/training/eval groups."""
+"""`hyfunc` command line: run the cascade, make test models, and the service/training/eval groups.
+
+The entry layer: it may import every part of the project, and nothing in hyfunc imports it.
+The groups live beside it (service.py, eval.py, train.py) and are loaded by name, so a command
+group whose dependencies are missing is left out instead of breaking the others."""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from hyfunc.cli.errors import CliError
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-class CliError(Exception):
-    """An error the user can fix; printed without a traceback, exit code 2."""
 
 
 # -- hyfunc run ---------------------------------------------------------------------------------------
@@ -223,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=cmd_models_pull)
 
     for module, function in (
-        ("hyfunc.cli_service", "add_service_commands"),
+        ("hyfunc.cli.service", "add_service_commands"),
         ("hyfunc.training.cli", "add_train_commands"),
-        ("hyfunc.eval.cli", "add_eval_commands"),
+        ("hyfunc.cli.eval", "add_eval_commands"),
     ):
         try:
             mod = __import__(module, fromlist=[function])
@@ -247,7 +250,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

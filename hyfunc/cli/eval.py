@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def cmd_eval_demo(args: argparse.Namespace) -> int:
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.eval.demo import evaluate_demo
 
     cascade = _load_cascade(args)
@@ -30,7 +30,7 @@ def cmd_eval_demo(args: argparse.Namespace) -> int:
 
 def _load_cascade(args: argparse.Namespace):
     from hyfunc.cascade import Cascade
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.config import ConfigError, load_config
     from hyfunc.models.bundle import ModelsError
 
@@ -42,7 +42,7 @@ def _load_cascade(args: argparse.Namespace):
 
 
 def cmd_eval_bfcl(args: argparse.Namespace) -> int:
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.eval.bfcl import BfclUnavailable, evaluate_bfcl
 
     cascade = _load_cascade(args)
@@ -64,7 +64,7 @@ def cmd_eval_bfcl(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_seal(args: argparse.Namespace) -> int:
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.eval.seal import evaluate_seal
 
     cascade = _load_cascade(args)
@@ -82,7 +82,7 @@ def cmd_eval_seal(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.config import ConfigError, load_config
     from hyfunc.models.bundle import Manifest, ModelsError, load_retriever, resolve_part
     from hyfunc.models.retriever import identity_retriever
