@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, function in (
         ("hyfunc.cli.service", "add_service_commands"),
-        ("hyfunc.training.cli", "add_train_commands"),
+        ("hyfunc.cli.train", "add_train_commands"),
         ("hyfunc.cli.eval", "add_eval_commands"),
     ):
         try:

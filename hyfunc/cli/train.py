@@ -12,7 +12,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_demo.yaml
 
 
 def _recipe(path: str | None, overrides: dict | None = None):
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.training.pipeline import Recipe
 
     data: dict = {}
@@ -80,7 +80,7 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_export(args: argparse.Namespace) -> int:
-    from hyfunc.cli import CliError
+    from hyfunc.cli.errors import CliError
     from hyfunc.training.lms import latest_checkpoint
     from hyfunc.training.pipeline import export_checkpoint
 
