@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -87,7 +87,6 @@ class StoreConfig(BaseModel):
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str | None = None
     queue: str = "hyfunc"
     flush_every: int = Field(default=16, ge=1)
     flush_interval: float = Field(default=0.2, gt=0)
@@ -157,22 +156,7 @@ class HyFuncConfig(BaseModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
-    training: dict[str, Any] = Field(default_factory=dict)  # checked by the training Recipe (below)
     source: str | None = None  # where this config was read from
-
-    @field_validator("training")
-    @classmethod
-    def _training_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # The training recipe owns these keys (and rejects unknown ones at every level);
-        # imported only when a config has a training section, since it pulls in torch.
-        if value:
-            from hyfunc.training.pipeline import Recipe
-
-            try:
-                Recipe.from_dict(value)
-            except TypeError as err:  # a dataclass's unknown keyword, e.g. training.lms.stepz
-                raise ValueError(str(err)) from None
-        return value
 
     def models_dir(self) -> Path | None:
         if not self.models.dir:

@@ -46,7 +46,7 @@ def job_queues(queue: str) -> list[str]:
 def create_celery(config: HyFuncConfig | None = None) -> Celery:
     config = config or load_config()
     wc = config.worker
-    app = Celery("hyfunc", broker=wc.broker_url, backend=wc.result_backend)
+    app = Celery("hyfunc", broker=wc.broker_url, backend=None)
     app.conf.update(
         task_default_queue=wc.queue,
         task_routes={SWEEP_TASK: {"queue": control_queue(wc.queue)}},

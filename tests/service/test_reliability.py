@@ -90,7 +90,7 @@ def test_one_source_of_truth_for_statuses_and_stages() -> None:
 def test_config_rejects_unknown_keys_at_every_level(tmp_path: Path) -> None:
     for data, bad in (({"bogus": 1}, "bogus"), ({"worker": {"heartbeat_intervall": 1}}, "heartbeat_intervall"),
                       ({"api": {"metrics_tokn": "x"}}, "metrics_tokn"),
-                      ({"training": {"lms": {"stepz": 3}}}, "stepz")):
+                      ({"training": {"lms": {"steps": 3}}}, "training")):  # a recipe is read by `hyfunc train`
         with pytest.raises(ConfigError, match=bad):
             write_config(tmp_path / "c.yaml", **data)
     config, _ = write_config(tmp_path / "ok.yaml", worker={"batch_deadline_seconds": 5, "heartbeat_interval": 1},
