@@ -108,6 +108,10 @@ class WorkerConfig(BaseModel):
     requeue_grace_seconds: float = Field(default=10.0, gt=0)
     # Wall-clock bound on one cascade batch; a job over it (run alone) fails by itself.
     batch_deadline_seconds: float | None = Field(default=60.0, gt=0)
+    # Per job, with the default (streaming) runner: a job not finished this long after its batch
+    # started fails alone while the rest of its batch goes on; each result is written as its
+    # job finishes. Keep it under batch_deadline_seconds (that one then never fires first).
+    job_deadline_seconds: float | None = Field(default=30.0, gt=0)
     # How long a worker keeps retrying to write a computed batch while the database is down.
     db_retry_seconds: float = Field(default=120.0, ge=0)
 

@@ -28,7 +28,7 @@ def main() -> int:
     from hyfunc.backends.vllm_intent import VLLMIntentEncoder
     from hyfunc.cascade.intent import IntentEncoder
     from hyfunc.models.bundle import ModelBundle, resolve_part
-    from hyfunc.training.demo_task import demo_tools, generate_demo_examples
+    from hyfunc.data.demo_task import demo_tools, generate_demo_examples
 
     bundle = ModelBundle.load(args.models, device="cuda", dtype="bfloat16")
     kind = bundle.manifest.intent_kind

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hyfunc.training.data import (
+from hyfunc.data.loaders import (
     DataError,
     bfcl_data_dir,
     bfcl_to_json_schema,
@@ -200,7 +200,7 @@ def test_java_and_javascript_docs_prepared_as_bfcl_does(category):
 @needs_bfcl
 def test_check_answers_false_keeps_every_question():
     """Evaluation runs BFCL questions whose gold does not fit the schema (the checker judges)."""
-    from hyfunc.training.data import bfcl_non_live_categories
+    from hyfunc.data.loaders import bfcl_non_live_categories
 
     categories = bfcl_non_live_categories()
     assert categories[:3] == ["simple_python", "simple_java", "simple_javascript"] and "irrelevance" in categories
@@ -213,7 +213,7 @@ def test_check_answers_false_keeps_every_question():
 @needs_bfcl
 def test_resolve_categories_defaults_groups_and_errors():
     from hyfunc.eval.bfcl import resolve_categories
-    from hyfunc.training.data import bfcl_non_live_categories
+    from hyfunc.data.loaders import bfcl_non_live_categories
 
     assert [stem for _, stem in resolve_categories(None)] == bfcl_non_live_categories()
     assert resolve_categories(["simple", "multiple", "simple_python"]) == [("simple", "simple_python"), ("multiple", "multiple")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hyfunc.schema import Call, ParamSchema, Tool, parse_request, validate_call
-from hyfunc.training.demo_task import (
+from hyfunc.data.demo_task import (
     _SLOT,
     SPLITS,
     _phrasings,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hyfunc.schema import Call, CallResult, validate_call
-from hyfunc.training.seal_tools import (
+from hyfunc.data.seal_tools import (
     BfclExclusions,
     SealDataMissing,
     generate_examples,
@@ -178,7 +178,7 @@ def test_canonical_values_compare_types_leniently():
 
 
 def test_generated_training_data_is_valid_xlam_with_provenance(seal_dir, tmp_path):
-    from hyfunc.training.data import load_xlam
+    from hyfunc.data.loaders import load_xlam
 
     library = load_seal_library(seal_dir)
     generated = generate_examples(library, per_tool=4, seed=3, no_call_share=0.2, two_call_share=0.3)
@@ -202,7 +202,7 @@ def test_bfcl_function_or_question_never_reaches_training_data(seal_dir):
     BFCL question are dropped; on the vendored library, no generated record names a BFCL function
     or repeats a BFCL question (compared against every data file bfcl_eval ships)."""
     pytest.importorskip("bfcl_eval")
-    from hyfunc.training.data import bfcl_data_dir
+    from hyfunc.data.loaders import bfcl_data_dir
 
     exclusions = BfclExclusions.load()
     first = json.loads((bfcl_data_dir() / "BFCL_v4_simple_python.json").open().readline())
@@ -224,7 +224,7 @@ def test_bfcl_function_or_question_never_reaches_training_data(seal_dir):
 def test_training_never_reads_an_evaluation_split(seal_dir, monkeypatch):
     """No silent fallback to the vendored test_in_domain split, its queries never trained on, and
     the out-of-domain test split's tools never seen (as gold or as candidate)."""
-    from hyfunc.training.seal_tools import VENDORED_DIR, SealDataMissing
+    from hyfunc.data.seal_tools import VENDORED_DIR, SealDataMissing
 
     monkeypatch.delenv("HYFUNC_SEAL_DIR", raising=False)
     with pytest.raises(SealDataMissing, match="needs --data"):

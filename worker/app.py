@@ -21,6 +21,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from hyfunc.config import HyFuncConfig, load_config
+from hyfunc.schema_limits import CompileLimits
 from hyfunc.store.db import session_factory
 from hyfunc.store.errors import StoreUnavailable
 from producer.broker import RUN_TASK, SWEEP_TASK, create_celery
@@ -89,6 +90,7 @@ def _register_tasks(app: Celery, config: HyFuncConfig) -> None:
                 session_factory(config.store.url), get_runner(config), job_ids,
                 worker=worker_name(), lease_seconds=wc.lease_seconds, max_attempts=wc.max_attempts,
                 batch_deadline=wc.batch_deadline_seconds, db_retry_seconds=wc.db_retry_seconds,
+                job_deadline=wc.job_deadline_seconds, compile_limits=CompileLimits.from_config(config.limits),
             )
         except StoreUnavailable as err:
             log.warning("%s: database unreachable, nothing claimed; requeueing the messages", err)

@@ -1,4 +1,4 @@
-"""Run one batch of job ids: claim, run through the runner, write results in one transaction.
+"""Run one batch of job ids: claim, run through the runner, write each result as its job finishes.
 
 Kept free of Celery so the mechanics (claiming, poison isolation, deadlines, idempotency,
 database outages) are plain functions over a session factory and a runner.
@@ -8,8 +8,14 @@ database outages) are plain functions over a session factory and a runner.
 - Once jobs are claimed, reading them and writing their results are retried for up to
   `db_retry_seconds` while the database is unreachable, so a computed batch is written
   when the database is back instead of being thrown away.
+- A job whose tools compile to more than the limits allow (hyfunc/schema_limits.py) fails
+  alone before the batch runs, naming the field and the limit.
+- With a runner that streams results (`streams_results`: the CascadeFeeder), each job's result
+  and status are written as soon as its row finishes, while the rest of the batch decodes; a job
+  not finished `job_deadline` seconds after the batch started fails alone and the others go on.
 - A batch that raises, or runs past `batch_deadline` seconds, is re-run job by job (each
-  with the same deadline): a poison or runaway job fails alone and the rest succeed.
+  with the same deadline) — only the jobs not written yet: a poison or runaway job fails alone
+  and the rest succeed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hyfunc.schema import CallRequest, CallResult, RequestError
+from hyfunc.schema_limits import CompileLimits, tools_problem
 from hyfunc.store import counters
 from hyfunc.store.db import transaction
 from hyfunc.store.errors import StoreUnavailable, is_unavailable
@@ -56,9 +63,10 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _run_checked(runner: BatchRunner, requests: list[CallRequest], seconds: float | None) -> list[CallResult]:
+def _run_checked(runner: BatchRunner, requests: list[CallRequest], seconds: float | None,
+                 **streaming: Any) -> list[CallResult]:
     with deadline(seconds):
-        results = runner.run(requests)
+        results = runner.run(requests, **streaming) if streaming else runner.run(requests)
     if len(results) != len(requests):
         raise RuntimeError(f"runner returned {len(results)} results for {len(requests)} requests")
     return results
@@ -90,6 +98,8 @@ def process_batch(
     batch_deadline: float | None = None,
     db_retry_seconds: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
+    job_deadline: float | None = None,
+    compile_limits: CompileLimits | None = None,
 ) -> BatchOutcome:
     keys = [k for k in (as_uuid(j) for j in job_ids) if k is not None]
     outcome = BatchOutcome(batch_id=uuid.uuid4(), received=len(keys))
@@ -121,9 +131,16 @@ def process_batch(
             invalid: dict[uuid.UUID, str] = {}
             for job in jobs:
                 try:
-                    runnable.append((job, job_call_request(session, job, cache)))
+                    request = job_call_request(session, job, cache)
                 except RequestError as err:
                     invalid[job.id] = f"invalid request: {err}"
+                    continue
+                # Checked at submission too; this covers jobs stored before a limit was lowered.
+                problem = tools_problem(request.tools, compile_limits) if compile_limits is not None else None
+                if problem:
+                    invalid[job.id] = f"over a limit: {problem}"
+                else:
+                    runnable.append((job, request))
             return jobs, runnable, invalid
 
     jobs, runnable, invalid = _with_retry(f"batch {outcome.batch_id} read", read, db_retry_seconds, sleep)
@@ -131,19 +148,82 @@ def process_batch(
 
     results: dict[uuid.UUID, CallResult | str] = {}
     sizes: dict[uuid.UUID, int] = {}
+    written: set[uuid.UUID] = set()  # results already written as their jobs finished
+    versions = dict(getattr(runner, "model_versions", {}) or {})
+
+    def write(items: dict[uuid.UUID, CallResult | str], histogram: list[int]) -> tuple[int, int, int, dict[str, str]]:
+        succeeded = failed = skipped = 0
+        failures: dict[str, str] = {}
+        with transaction(factory) as session:
+            # The batch-size histogram: one observation per cascade call that ran.
+            for size in histogram:
+                counters.observe(session, "batch_size", size, counters.BATCH_BUCKETS)
+            for job_id, result in items.items():
+                job = by_id[job_id]
+                if isinstance(result, str):
+                    done = fail_job(session, job, outcome.batch_id, result,
+                                    model_versions=versions, batch_size=sizes[job_id])
+                    ok = False
+                else:
+                    done = finish_job(session, job, outcome.batch_id, result,
+                                      model_versions=versions, batch_size=sizes[job_id])
+                    ok = result.error is None
+                if not done:
+                    skipped += 1  # released (dead-worker sweep) or taken over after the lease
+                elif ok:
+                    succeeded += 1
+                else:
+                    failed += 1
+                    failures[str(job_id)] = result if isinstance(result, str) else str(result.error)
+        return succeeded, failed, skipped, failures
+
+    def count(totals: tuple[int, int, int, dict[str, str]]) -> None:
+        succeeded, failed, skipped, failures = totals
+        outcome.succeeded += succeeded
+        outcome.failed += failed
+        outcome.skipped += skipped
+        outcome.failures.update(failures)
+
+    def write_now(finished: list[tuple[int, CallResult]]) -> None:
+        """Results of jobs whose rows just finished, written at once in this (the caller's)
+        thread while the model thread decodes the rest. If the database cannot take them, they
+        wait for the batch's final write (which retries)."""
+        items: dict[uuid.UUID, CallResult | str] = {}
+        for index, result in finished:
+            job_id = runnable[index][0].id
+            sizes[job_id] = len(runnable)
+            items[job_id] = result
+        try:
+            count(_with_retry(f"batch {outcome.batch_id} write", lambda: write(items, []), db_retry_seconds, sleep))
+        except Exception as err:  # noqa: BLE001 - kept for the final write
+            log.warning("batch %s: %d finished jobs not written yet (%s)", outcome.batch_id, len(items),
+                        type(err).__name__)
+            results.update(items)
+            return
+        written.update(items)
+
+    streaming: dict[str, Any] = {}
+    if getattr(runner, "streams_results", False):
+        streaming = {"on_results": write_now, "job_seconds": job_deadline,
+                     "deadline_message": "deadline exceeded: the job was not finished worker.job_deadline_seconds "
+                                         "after its batch started and was stopped; the rest of its batch went on"}
     try:
-        out = _run_checked(runner, [req for _, req in runnable], batch_deadline) if runnable else []
+        reqs = [req for _, req in runnable]
+        out = _run_checked(runner, reqs, batch_deadline, **streaming) if runnable else []
         for (job, _), result in zip(runnable, out, strict=True):
-            results[job.id] = result
-            sizes[job.id] = len(runnable)
+            if job.id not in written:
+                results[job.id] = result
+                sizes[job.id] = len(runnable)
     except (Exception, DeadlineExceeded) as err:
         # A batch that raises or overruns is re-run job by job, so one poison or runaway
-        # job fails alone and the rest of the batch still succeeds.
+        # job fails alone and the rest of the batch still succeeds (those already written stay).
         why = "ran past its deadline" if isinstance(err, DeadlineExceeded) else "raised"
         log.warning("batch %s of %d %s; retrying job by job\n%s", outcome.batch_id, len(runnable), why,
                     "" if isinstance(err, DeadlineExceeded) else traceback.format_exc())
         outcome.isolated = True
         for job, req in runnable:
+            if job.id in written or job.id in results:
+                continue
             sizes[job.id] = 1
             try:
                 results[job.id] = _run_checked(runner, [req], batch_deadline)[0]
@@ -157,39 +237,10 @@ def process_batch(
         results[job_id] = message
         sizes[job_id] = 0
 
-    versions = dict(getattr(runner, "model_versions", {}) or {})
-
-    def write() -> tuple[int, int, int, dict[str, str]]:
-        # One transaction for the whole batch: results, timings and statuses land together.
-        succeeded = failed = skipped = 0
-        failures: dict[str, str] = {}
-        with transaction(factory) as session:
-            # The batch-size histogram: one observation per cascade call that ran.
-            for size in ([1] * len(runnable) if outcome.isolated else [len(runnable)] if runnable else []):
-                counters.observe(session, "batch_size", size, counters.BATCH_BUCKETS)
-            for job_id, result in results.items():
-                job = by_id[job_id]
-                if isinstance(result, str):
-                    written = fail_job(session, job, outcome.batch_id, result,
-                                       model_versions=versions, batch_size=sizes[job_id])
-                    ok = False
-                else:
-                    written = finish_job(session, job, outcome.batch_id, result,
-                                         model_versions=versions, batch_size=sizes[job_id])
-                    ok = result.error is None
-                if not written:
-                    skipped += 1  # released (dead-worker sweep) or taken over after the lease
-                elif ok:
-                    succeeded += 1
-                else:
-                    failed += 1
-                    failures[str(job_id)] = result if isinstance(result, str) else str(result.error)
-        return succeeded, failed, skipped, failures
-
-    succeeded, failed, skipped, failures = _with_retry(f"batch {outcome.batch_id} write", write,
-                                                       db_retry_seconds, sleep)
-    outcome.succeeded += succeeded
-    outcome.failed += failed
-    outcome.skipped += skipped
-    outcome.failures.update(failures)
+    # One observation per cascade call that ran to results: the batch's (if it wrote any), and one
+    # per job re-run alone.
+    histogram = [len(runnable)] if runnable and (written or not outcome.isolated) else []
+    histogram += [1] * sum(1 for job, _ in runnable if sizes.get(job.id) == 1)
+    # The rest in one transaction: what no streaming write took, and the batch-size histogram.
+    count(_with_retry(f"batch {outcome.batch_id} write", lambda: write(results, histogram), db_retry_seconds, sleep))
     return outcome

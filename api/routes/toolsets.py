@@ -12,7 +12,12 @@ from api.errors import ApiError
 from api.schemas import ToolsetIn, ToolsetName, ToolsetOut, ToolsetVersion, error_responses
 from hyfunc.schema import RequestError, parse_request
 from hyfunc.store.models import Toolset
-from hyfunc.store.submissions import schema_depth_problem, tools_problem
+from hyfunc.store.submissions import (
+    compiled_tools_problem,
+    nul_problem,
+    schema_depth_problem,
+    tools_problem,
+)
 from hyfunc.store.toolsets import get_toolset, put_toolset
 
 router = APIRouter(prefix="/v1/toolsets", tags=["toolsets"], responses=error_responses(401, 422, 500, 503))
@@ -29,7 +34,8 @@ def _out(row: Toolset) -> ToolsetOut:
                         **error_responses(400, 409, 413)})
 def register_toolset(body: ToolsetIn, response: Response, state: StateDep, session: SessionDep,
                      tenant: TenantDep) -> ToolsetOut:
-    problem = tools_problem(len(body.tools), state.config.limits) or schema_depth_problem(body.tools, state.config.limits)
+    problem = (tools_problem(len(body.tools), state.config.limits) or schema_depth_problem(body.tools, state.config.limits)
+               or nul_problem(body.tools, "tools"))
     if problem:
         raise ApiError(422, problem)
     try:
@@ -37,6 +43,9 @@ def register_toolset(body: ToolsetIn, response: Response, state: StateDep, sessi
         tools = parse_request({"query": "toolset", "tools": body.tools}).tools
     except RequestError as err:
         raise ApiError(422, str(err)) from None
+    problem = compiled_tools_problem(tools, state.config.limits)
+    if problem:
+        raise ApiError(422, problem)
     for _ in range(MAX_VERSION_RACES):
         try:
             row, created = put_toolset(session, tenant.id, body.name, tools)

@@ -176,7 +176,7 @@ def prefix_workload(jobs: int = 1000, toolsets: int = 5, per_set: int = 10, seed
     task's tool library (not BFCL): each query is one whose answer uses a tool of its toolset."""
     import random
 
-    from hyfunc.training.demo_task import generate_demo_examples
+    from hyfunc.data.demo_task import generate_demo_examples
 
     examples = generate_demo_examples("heldout", min(4000, 200 + 4 * jobs), seed + 7)
     library: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from hyfunc.bench.workload import CALL_CATEGORIES, BenchInput, full_call_text
 
 def ideal_reduction(tokenizer, categories: tuple[str, ...] = CALL_CATEGORIES, limit: int = 0) -> dict[str, Any]:
     from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     # Generous limits: the ceiling is about the grammar, not the serving caps.
     machine = TemplateMachine(tokenizer, MachineLimits(max_calls=16, max_string_tokens=4096, max_number_tokens=64,

@@ -60,7 +60,7 @@ def full_call_text(calls: list[Call]) -> str:
 
 def bfcl_inputs(per_category: int, seed: int = 0, categories: tuple[str, ...] = CALL_CATEGORIES) -> list[BenchInput]:
     """Up to `per_category` examples of each category, a seeded sample (all when <= 0)."""
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     rng = random.Random(seed)
     out: list[BenchInput] = []
@@ -76,7 +76,7 @@ def bfcl_inputs(per_category: int, seed: int = 0, categories: tuple[str, ...] = 
 
 
 def demo_inputs(n: int, seed: int = 1) -> list[BenchInput]:
-    from hyfunc.training.demo_task import generate_demo_examples
+    from hyfunc.data.demo_task import generate_demo_examples
 
     examples = generate_demo_examples("heldout", n, seed)
     return [BenchInput(f"demo-{i}", "demo", ex.query, ex.tools, ex.answers) for i, ex in enumerate(examples)]

@@ -29,6 +29,7 @@ from hyfunc.schema import (
     Tool,
     validate_call,
 )
+from hyfunc.schema_limits import CompileLimits, SchemaTooLarge, tool_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class Cascade:
         self.index_passes = 0  # LML passes spent embedding new tools (not per job)
 
     @classmethod
+        # What a job's candidate schemas may compile to (config `limits`, set by load()); a job
+        # over a limit, or over cascade.max_prompt_tokens, fails alone before its prefill.
+        self.compile_limits: CompileLimits | None = None
     def load(cls, config: HyFuncConfig) -> Cascade:
         models_dir = config.models_dir()
         if models_dir is None:
@@ -77,6 +81,7 @@ class Cascade:
         cascade = cls(bundle, config.cascade, index_dir, models=config.models)
         if config.models.intent_backend == "vllm":
             from hyfunc.backends.vllm_intent import VLLMIntentEncoder
+        cascade.compile_limits = CompileLimits.from_config(config.limits)
             from hyfunc.models.bundle import resolve_part
 
             cascade.intent = VLLMIntentEncoder(  # type: ignore[assignment]
@@ -140,12 +145,29 @@ class Cascade:
             spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
             try:
                 program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior)
+            problem = self._over_limits(requests[i], candidates, len(prompt_ids))
             except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
+                if problem:
+                    raise SchemaTooLarge(problem)
                 program = _failing(err)
             yield DecodeJob(prompt_ids, soft, program, spec)
 
     def _decode(self, jobs: Iterator[DecodeJob], count: int) -> list[DecodeResult]:
         """Up to batch_size rows; with more jobs, rows are refilled as jobs finish (continuous
+    def _over_limits(self, request: CallRequest, candidates: list[Tool], prompt_tokens: int) -> str | None:
+        """Why this job may not run (a candidate over a compile limit, or its prompt over
+        cascade.max_prompt_tokens), naming the field and the key; None when it may."""
+        if self.compile_limits is not None:
+            where = {tool.name: k for k, tool in enumerate(request.tools)}
+            for tool in candidates:
+                problem = tool_problem(tool, f"tools[{where.get(tool.name, '?')}]", self.compile_limits)
+                if problem:
+                    return problem
+        cap = self.config.max_prompt_tokens
+        if cap is not None and prompt_tokens > cap:
+            return f"the LMS prompt is {prompt_tokens} tokens; limit cascade.max_prompt_tokens is {cap}"
+        return None
+
         batching) or, with cascade.continuous off, static batches run one after another."""
         rows = max(1, min(self.config.batch_size, count))
         results: list[DecodeResult | None] = [None] * count

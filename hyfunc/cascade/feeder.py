@@ -23,12 +23,19 @@ deadlines, job-by-job isolation — are unchanged:
   callers' unfinished jobs start again in a fresh one;
 - a model pass that raises fails every batch with jobs in the session (the worker then isolates
   them job by job) and the next batch starts a fresh session.
+
+Results as jobs finish: ``run(requests, on_results=...)`` hands each job's result to
+``on_results`` (in the caller's thread, so the worker writes it while the model thread goes on)
+as soon as its row finishes, not when the caller's whole batch is done; with ``job_seconds`` a job
+not finished that long after ``run`` was called fails alone (its row is cancelled) and the rest
+of the batch goes on.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +61,8 @@ class _Batch:
     decoded: dict[int, DecodeResult] = field(default_factory=dict)
     build_ms: dict[int, float] = field(default_factory=dict)
     cancelled: bool = False
+    # (request index, result) of each job as it finishes, for the caller to hand on (on_results).
+    ready: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -75,6 +84,7 @@ class CascadeFeeder:
         self._drive = threading.Lock()  # held by the caller running model work
         self._incoming: list[_Batch] = []
         self._cancelled: list[_Batch] = []
+        self._expiring: list[tuple[_Batch, set[int], str]] = []  # jobs past their caller's deadline
         self._session: ContinuousDecoder | None = None
         self._live: dict[int, _Batch] = {}  # batches with jobs in the session (driver only)
         self._ids = itertools.count()
@@ -118,10 +128,24 @@ class CascadeFeeder:
     def model_versions(self) -> dict[str, str]:
         return self.cascade.model_versions
 
-    def run(self, requests: list[CallRequest]) -> list[CallResult]:
+    # run() hands results on as jobs finish: a worker writes them while the batch goes on.
+    streams_results = True
+
+    def run(
+        self,
+        requests: list[CallRequest],
+        on_results: Callable[[list[tuple[int, CallResult]]], None] | None = None,
+        job_seconds: float | None = None,
+        deadline_message: str = "deadline exceeded",
+    ) -> list[CallResult]:
+        """Results in request order. ``on_results`` gets (request index, result) pairs as jobs
+        finish, in this thread; ``job_seconds``: a job not finished that long after this call
+        fails alone with ``deadline_message`` (its row is cancelled, the others go on)."""
         if not requests:
             return []
         batch = _Batch(list(requests))
+        until = time.monotonic() + job_seconds if job_seconds is not None else None
+        delivered: dict[int, CallResult] = {}
         if self.driver == "thread":
             self._ensure_thread()
         with self._wake:
@@ -129,11 +153,15 @@ class CascadeFeeder:
             self._wake.notify()
         try:
             while not batch.done.is_set():
+                self._deliver(batch, delivered, on_results)
+                if until is not None and time.monotonic() >= until:
+                    self._expire(batch, delivered, on_results, f"{deadline_message} ({job_seconds:g} s)")
+                    return [delivered[i] for i in range(len(requests))]
                 if self.driver == "thread":
-                    batch.done.wait(self.poll_seconds)  # short waits: a deadline lands promptly
+                    batch.done.wait(self.poll_seconds)  # short waits: a finished job or a deadline is seen promptly
                 elif self._drive.acquire(timeout=self.poll_seconds):
                     try:
-                        self._drive_until(batch)
+                        self._drive_until(batch, until)
                     finally:
                         self._drive.release()
         except BaseException:
@@ -145,7 +173,47 @@ class CascadeFeeder:
         if batch.error is not None:
             raise batch.error
         assert batch.results is not None
+        self._deliver(batch, delivered, on_results)
+        missing = [(i, r) for i, r in enumerate(batch.results) if i not in delivered]
+        if missing and on_results is not None:
+            on_results(missing)
         return batch.results
+
+    @staticmethod
+    def _deliver(
+        batch: _Batch, delivered: dict[int, CallResult], on_results: Callable[[list[tuple[int, CallResult]]], None] | None
+    ) -> None:
+        """Hand on the jobs that finished since the last call (one on_results call for them all)."""
+        fresh: list[tuple[int, CallResult]] = []
+        while True:
+            try:
+                index, result = batch.ready.get_nowait()
+            except queue.Empty:
+                break
+            if index not in delivered:
+                delivered[index] = result
+                fresh.append((index, result))
+        if fresh and on_results is not None:
+            on_results(fresh)
+
+    def _expire(
+        self,
+        batch: _Batch,
+        delivered: dict[int, CallResult],
+        on_results: Callable[[list[tuple[int, CallResult]]], None] | None,
+        message: str,
+    ) -> None:
+        """The caller's deadline: its unfinished jobs fail now, with ``message``, and their rows are
+        cancelled by the model thread (or the next driver) — the caller does not wait for that."""
+        self._deliver(batch, delivered, on_results)
+        late = {i for i in range(len(batch.requests)) if i not in delivered}
+        failed = [(i, CallResult(id=batch.requests[i].id, error=message)) for i in sorted(late)]
+        delivered.update(failed)
+        with self._wake:
+            self._expiring.append((batch, late, message))
+            self._wake.notify()
+        if failed and on_results is not None:
+            on_results(failed)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the model thread (driver="thread"); with driver="callers" nothing runs between calls."""
@@ -165,8 +233,10 @@ class CascadeFeeder:
 
     # -- driving (one thread at a time, holding _drive) --------------------------------------------
 
-    def _drive_until(self, own: _Batch) -> None:
-        while not own.done.is_set():
+    def _drive_until(self, own: _Batch, until: float | None = None) -> None:
+        """Rounds until the caller has something to hand on: its batch done, a finished job, or
+        its deadline."""
+        while not own.done.is_set() and own.ready.empty() and (until is None or time.monotonic() < until):
             if not self._round() and not own.done.is_set() and own.number not in self._live:
                 break  # ours was taken back into the queue: run() tries again
 
@@ -174,7 +244,8 @@ class CascadeFeeder:
         """The model thread (``driver="thread"``): rounds while there is work, asleep otherwise."""
         while True:
             with self._wake:
-                while not (self._incoming or self._cancelled or (self._session and self._session.has_work())):
+                while not (self._incoming or self._cancelled or self._expiring
+                           or (self._session and self._session.has_work())):
                     if self._stopping:
                         return
                     self._wake.wait()
@@ -188,8 +259,11 @@ class CascadeFeeder:
         with self._lock:
             incoming, self._incoming = self._incoming, []
             cancelled, self._cancelled = self._cancelled, []
+            expiring, self._expiring = self._expiring, []
         for batch in cancelled:
             self._cancel(batch)
+        for batch, late, message in expiring:
+            self._cancel_jobs(batch, late, message)
         for i, batch in enumerate(incoming):
             try:
                 self._admit(batch)
@@ -215,10 +289,36 @@ class CascadeFeeder:
                 continue  # cancelled meanwhile
             result.stats.program_ms += batch.build_ms.pop(index, 0.0)
             batch.decoded[index] = result
+            self._ready(batch, index, result)
             if len(batch.decoded) == len(batch.prepared.selected):
                 self._live.pop(number)
                 self._complete(batch)
         return True
+
+    def _ready(self, batch: _Batch, index: int, out: DecodeResult | None) -> None:
+        """One job's result, assembled now that its row is done, for its caller to hand on."""
+        try:
+            result = self.cascade.assemble_one(batch.prepared, index, out)
+        except Exception as err:  # noqa: BLE001 - this job's result failed to assemble: its error
+            result = CallResult(id=batch.requests[index].id, error=f"{type(err).__name__}: {err}")
+        batch.ready.put((index, result))
+
+    def _cancel_jobs(self, batch: _Batch, late: set[int], message: str) -> None:
+        """Drop a caller's late jobs from the session; they count as decoded (failed), so the
+        batch completes when its other jobs do."""
+        if batch.number < 0:  # not admitted yet: it never will be (its caller has its answer)
+            batch.cancelled = True
+            return
+        if batch.number not in self._live:
+            return
+        if self._session is not None:
+            self._session.cancel({(batch.number, i) for i in late})
+        for index in late:
+            if index in batch.prepared.selected and index not in batch.decoded:
+                batch.decoded[index] = DecodeResult(error=message)
+        if len(batch.decoded) == len(batch.prepared.selected):
+            self._live.pop(batch.number)
+            self._complete(batch)
 
     def _fail_session(self, err: Exception, what: str) -> None:
         """Fail every batch with jobs in the session and drop it: the next batch starts a fresh one."""
@@ -244,6 +344,10 @@ class CascadeFeeder:
         except Exception as err:  # noqa: BLE001 - this caller's batch fails, the session goes on
             batch.fail(err)
             return
+        selected = set(batch.prepared.selected)
+        for index in range(len(batch.requests)):
+            if index not in selected:  # no call: its result is known now
+                self._ready(batch, index, None)
         if not batch.prepared.selected:
             self._complete(batch)
             return

@@ -24,6 +24,14 @@ from transformers import DynamicCache
 
 from hyfunc.cascade.kv_layer import capacity, growing_cache
 from hyfunc.cascade.prefix_cache import KV, kv_length
+from hyfunc.models.compat import cache_kwargs
+
+# Prompt tokens per prefill pass of a long prompt. One pass over L new tokens builds attention
+# scores and a mask of L x (cached + L) entries per head: a 33k-token prompt (an enum of 10,000
+# values in its schema) asked for 25.7 GB at once. A prompt longer than this is fed one row at a
+# time in slices of this many tokens, so the transient memory is this many query rows x the row's
+# length — linear in the prompt — and the KV (linear anyway) is the same as one pass would leave.
+PREFILL_SLICE_TOKENS = 512
 
 
 class ModelRunner(Protocol):
@@ -77,7 +85,7 @@ class TransformersRunner:
     def encode_prefix(self, ids: list[int]) -> KV:
         """The KV of a token run on an empty cache (one row), e.g. the shared system prompt."""
         cache = DynamicCache(config=self.model.config)
-        self.base(input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True)
+        self.base(input_ids=torch.tensor([ids], device=self.device), **cache_kwargs(cache), use_cache=True)
         return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
 
     def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -143,6 +151,9 @@ class TransformersRunner:
         for size in groups:
             part = slice(start, start + size)
             start += size
+            if max(len(c) for c in chunks[part]) > PREFILL_SLICE_TOKENS:
+                hidden.extend(self._prefill_sliced(kvs[r], chunks[r], soft[r]) for r in range(part.start, part.stop))
+                continue
             if not self.rows:
                 self.add_rows(kvs[part])
                 hidden.append(self.forward(chunks[part], soft[part]))
@@ -152,6 +163,27 @@ class TransformersRunner:
             hidden.append(joining.forward(chunks[part], soft[part]))
             self._merge(joining)
         return torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+
+    def _prefill_sliced(self, kv: KV, chunk: list[int], soft: torch.Tensor | None) -> torch.Tensor:
+        """One new row whose prompt runs in slices of PREFILL_SLICE_TOKENS (see there), then joins
+        the batch; returns its last-position hidden state (1, d). The slices see the same causal
+        attention as one pass, so the KV and the hidden state are the same."""
+        joining = TransformersRunner(self.model, self.pad_id, self.soft_id, self.device)
+        joining.add_rows([kv])
+        used = 0  # soft-token slots filled so far (each slice takes the ones it holds)
+        last = None
+        for begin in range(0, len(chunk), PREFILL_SLICE_TOKENS):
+            piece = chunk[begin : begin + PREFILL_SLICE_TOKENS]
+            slots = sum(1 for t in piece if t == self.soft_id)
+            part = soft[used : used + slots] if soft is not None and slots else None
+            used += slots
+            last = joining.forward([piece], [part])
+        assert last is not None
+        if self.rows:
+            self._merge(joining)
+        else:
+            self._cache, self._mask, self._lengths = joining._cache, joining._mask, joining._lengths
+        return last
 
     def _merge(self, other: TransformersRunner) -> None:
         """Append ``other``'s rows after this batch's, both compacted to one width."""
@@ -225,7 +257,7 @@ class TransformersRunner:
                     embeds[r, where] = given.to(embeds.dtype)
         self._mask = torch.cat([self._mask, chunk_mask], dim=1)
         out = self.base(
-            inputs_embeds=embeds, attention_mask=self._mask, position_ids=positions, cache=self._cache, use_cache=True
+            inputs_embeds=embeds, attention_mask=self._mask, position_ids=positions, **cache_kwargs(self._cache), use_cache=True
         )
         last = chunk_mask.sum(dim=1) - 1
         return out.last_hidden_state[torch.arange(self.rows, device=self.device), last]

@@ -1,7 +1,7 @@
 """`hyfunc eval bfcl`: the configured cascade on BFCL v4, scored by BFCL's own AST checker.
 
 Data: the single-turn categories shipped in the `bfcl-eval` package, read by our loader
-(hyfunc.training.data), which converts BFCL's schema dialect to JSON Schema for the cascade.
+(hyfunc.data.loaders), which converts BFCL's schema dialect to JSON Schema for the cascade.
 Scoring: `bfcl_eval.eval_checker.ast_eval.ast_checker.ast_checker` on the *raw* BFCL function
 docs and possible answers (so the checker sees exactly what it sees in BFCL), with our calls
 as BFCL's decoded model output `[{name: {arg: value}}]`. Irrelevance categories are correct
@@ -40,7 +40,7 @@ def resolve_categories(names: list[str] | tuple[str, ...] | None) -> list[tuple[
     in order, without duplicate stems; a name given alone keeps its spelling as the label, a
     group expands to stems. None = every non-live category. Unknown names raise ValueError
     listing what is available."""
-    from hyfunc.training.data import bfcl_categories, bfcl_non_live_categories
+    from hyfunc.data.loaders import bfcl_categories, bfcl_non_live_categories
 
     if not names:
         return [(c, c) for c in bfcl_non_live_categories()]
@@ -84,7 +84,7 @@ def _checker():
 
 
 def _raw_records(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    from hyfunc.training.data import bfcl_data_dir
+    from hyfunc.data.loaders import bfcl_data_dir
 
     data = bfcl_data_dir()
 
@@ -179,7 +179,7 @@ def evaluate_bfcl(
     log=print,
 ) -> dict[str, Any]:
 
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     ast_checker, Language, model_name = _checker()
     results: dict[str, Any] = {"categories": {}, "model_versions": cascade.model_versions}
@@ -313,7 +313,7 @@ def compare_retrievers(
     questions of the category; on a no-call category such as irrelevance lower is right)."""
     import torch
 
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     out: dict[str, Any] = {}
     for category, stem in resolve_categories(categories):

@@ -10,7 +10,7 @@ from hyfunc.eval.scoring import Scoreboard
 
 
 def evaluate_demo(cascade, n: int = 400, seed: int = 1, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
-    from hyfunc.training.demo_task import generate_demo_examples
+    from hyfunc.data.demo_task import generate_demo_examples
 
     examples = generate_demo_examples("heldout", n, seed)
     board = Scoreboard()

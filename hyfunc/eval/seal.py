@@ -1,4 +1,4 @@
-"""`hyfunc eval seal`: the configured cascade on a Seal-Tools split (hyfunc.training.seal_tools).
+"""`hyfunc eval seal`: the configured cascade on a Seal-Tools split (hyfunc.data.seal_tools).
 
 Each question runs with the five candidate tools the Seal-Tools authors give it. Scores:
 
@@ -103,7 +103,7 @@ def evaluate_seal(
     log=print,
 ) -> dict[str, Any]:
 
-    from hyfunc.training.seal_tools import load_seal_split, seal_data_dir
+    from hyfunc.data.seal_tools import load_seal_split, seal_data_dir
 
     directory = seal_data_dir(data, split)
     examples, report = load_seal_split(split, directory, check_answers=False)

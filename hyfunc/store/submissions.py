@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from hyfunc.config import LimitsConfig
-from hyfunc.schema import RequestError, parse_request, schema_depth
+from hyfunc.schema import RequestError, Tool, parse_request, schema_depth
+from hyfunc.schema_limits import CompileLimits
+from hyfunc.schema_limits import tools_problem as compile_problem
 from hyfunc.store.jobs import NewJob
 from hyfunc.store.models import Feedback, Job, Replay, Toolset
 from hyfunc.store.toolsets import get_toolset, parse_toolset_ref
@@ -113,6 +115,29 @@ def schema_depth_problem(tools: Any, limits: LimitsConfig) -> str | None:
     return None
 
 
+def nul_problem(value: Any, where: str) -> str | None:
+    """The path of a NUL character anywhere in a JSON value (keys too): PostgreSQL text and jsonb
+    cannot hold one, and a NUL in a tool's description or enum value would be exported as is."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str) and "\x00" in node:
+            return f"{path} contains a NUL character"
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return f"{path} has a key that contains a NUL character"
+                stack.append((sub, f"{path}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(node))
+    return None
+
+
+def compiled_tools_problem(tools: list[Tool], limits: LimitsConfig, where: str = "tools") -> str | None:
+    """A tool whose schema compiles to more than the limits allow (hyfunc/schema_limits.py)."""
+    return compile_problem(tools, CompileLimits.from_config(limits), where)
+
+
 def tools_problem(count: int, limits: LimitsConfig) -> str | None:
     if count > limits.max_tools_per_request:
         return f"{count} tools; limit limits.max_tools_per_request is {limits.max_tools_per_request}"
@@ -154,6 +179,10 @@ def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsCon
         problem = tools_problem(len(tools), limits) or schema_depth_problem(tools, limits)
         if problem:
             raise SubmissionError(where + problem)
+    if toolset_id is None:  # a registered toolset was checked when it was registered
+        problem = nul_problem(tools, "tools")
+        if problem:
+            raise SubmissionError(where + problem)
     client_id = item.get("id")
     if client_id is not None:
         problem = client_id_problem(client_id)
@@ -164,6 +193,9 @@ def validate_item(session: Session, tenant_id: int, item: Any, limits: LimitsCon
         request = parse_request({"id": client_id, "query": item.get("query"), "tools": tools})
     except RequestError as err:
         raise SubmissionError(f"{where}{err}") from None
+    problem = compiled_tools_problem(request.tools, limits, "toolset tools" if toolset_id is not None else "tools")
+    if problem:
+        raise SubmissionError(where + problem)
     return NewJob(
         query=request.query,
         tools=[t.to_json() for t in request.tools] if toolset_id is None else None,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyfunc.cascade.prompts import intent_prompt, tool_text
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 from hyfunc.training.pipeline import LMSArch
 
 

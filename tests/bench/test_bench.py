@@ -171,7 +171,7 @@ class OracleCascade:
 def test_bfcl_official_checker_accepts_gold_all_kinds(tmp_path, monkeypatch):
     pytest.importorskip("bfcl_eval")
     import hyfunc.eval.bfcl as bfcl
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     examples = []
     for cat in ("simple", "multiple", "parallel", "irrelevance"):
@@ -190,7 +190,7 @@ def test_bfcl_official_checker_accepts_gold_all_kinds(tmp_path, monkeypatch):
 def test_bfcl_official_checker_accepts_gold(tmp_path, monkeypatch):
     pytest.importorskip("bfcl_eval")
     import hyfunc.eval.bfcl as bfcl
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     examples = load_bfcl_category("parallel", progress=False)[0][:4]
     res = bfcl.evaluate_bfcl(OracleCascade(examples), ["parallel"], limit=4, out_dir=tmp_path, progress=False,
@@ -205,7 +205,7 @@ def test_bfcl_wrong_value_is_rejected(monkeypatch):
     pytest.importorskip("bfcl_eval")
     import hyfunc.eval.bfcl as bfcl
     from hyfunc.schema import CallResult
-    from hyfunc.training.data import load_bfcl_category
+    from hyfunc.data.loaders import load_bfcl_category
 
     ex = load_bfcl_category("simple", progress=False)[0][0]
 

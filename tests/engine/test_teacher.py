@@ -176,7 +176,7 @@ def test_token_boundaries_identical_in_training_and_inference(make_machine, copy
     """Over many generated demo jobs (varied tools, queries, values): the sequence teacher mode
     writes for training is, token for token, the one inference emits when it picks the same
     decisions, and each recorded allowed set is what inference offers at that decision."""
-    from hyfunc.training.demo_task import generate_demo_examples
+    from hyfunc.data.demo_task import generate_demo_examples
 
     machine = make_machine(copy_values=copy_values)
     checked = 0

@@ -19,7 +19,7 @@ from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.keys import create_key
 from hyfunc.store.models import Job
 from hyfunc.store.recording import record_finished_jobs
-from hyfunc.training.data import load_xlam
+from hyfunc.data.loaders import load_xlam
 
 pytestmark = pytest.mark.service
 

@@ -6,7 +6,7 @@ import torch
 
 from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.schema import Call, Tool
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, text_key
 from hyfunc.training.retriever import calibrate_threshold, evaluate_retriever, train_retriever
 

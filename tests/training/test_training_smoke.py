@@ -10,7 +10,7 @@ import torch
 from hyfunc.cascade.template import TemplateMachine
 from hyfunc.models.bundle import ModelBundle
 from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.training.demo_task import generate_demo_examples
+from hyfunc.data.demo_task import generate_demo_examples
 from hyfunc.training.lms import LMSTrainConfig, build_sequence, selective_loss, train_lms
 
 

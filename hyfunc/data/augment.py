@@ -15,7 +15,7 @@ import string
 from typing import Any
 
 from hyfunc.schema import Call, ParamSchema
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 
 
 def _shape_like(text: str, rng: random.Random) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hyfunc.schema import Call, Tool, describe_validation_error, validate_call
-from hyfunc.training.data import Example, LoadReport, RecordError
+from hyfunc.data.loaders import Example, LoadReport, RecordError
 
 SEAL_URL = "https://github.com/fairyshine/Seal-Tools"
 SEAL_LICENCE = "Apache-2.0"
@@ -347,7 +347,7 @@ class BfclExclusions:
 
     @classmethod
     def load(cls) -> BfclExclusions:
-        from hyfunc.training.data import bfcl_data_dir
+        from hyfunc.data.loaders import bfcl_data_dir
 
         names: set[str] = set()
         questions: set[str] = set()
@@ -639,7 +639,7 @@ def seal_training_examples(
     info = provenance(directory, splits=["dev"], dev_examples=len(dev),
                       generated_examples=len(generated), tools=len(library.tools) - len(ood_tools),
                       excluded_out_of_domain_tools=len(ood_tools), excluded_test_queries=len(test_queries),
-                      generator="hyfunc.training.seal_tools.generate_examples", seed=seed, per_tool=per_tool,
+                      generator="hyfunc.data.seal_tools.generate_examples", seed=seed, per_tool=per_tool,
                       bfcl_excluded=True)
     return examples, info
 
@@ -647,7 +647,7 @@ def seal_training_examples(
 def write_training_data(out: str | Path, data: str | Path | None = None, per_tool: int = 2, seed: int = 0) -> dict[str, Any]:
     """Write the training examples as xlam JSONL (what `load_xlam` and training read) and their
     provenance next to it (`<out>.provenance.json`, the model card's data fields)."""
-    from hyfunc.training.data import write_xlam
+    from hyfunc.data.loaders import write_xlam
 
     examples, info = seal_training_examples(data, per_tool=per_tool, seed=seed)
     out = Path(out)
@@ -658,7 +658,7 @@ def write_training_data(out: str | Path, data: str | Path | None = None, per_too
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hyfunc.training.seal_tools --out FILE.jsonl [--data DIR]`."""
+    """`python -m hyfunc.data.seal_tools --out FILE.jsonl [--data DIR]`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Seal-Tools training data (xlam JSONL) with provenance; BFCL excluded")

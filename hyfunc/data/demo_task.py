@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from hyfunc.schema import Call, ParamSchema, Tool
-from hyfunc.training.data import Example
+from hyfunc.data.loaders import Example
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
