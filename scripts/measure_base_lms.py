@@ -26,9 +26,9 @@ def compare(base_dir: str, limit: int, latency_n: int) -> dict:
     request so that both see the same machine load."""
     from hyfunc.cascade import Cascade
     from hyfunc.config import load_config
+    from hyfunc.data.demo_task import generate_demo_examples
     from hyfunc.eval.demo import evaluate_demo
     from hyfunc.schema import CallRequest
-    from hyfunc.data.demo_task import generate_demo_examples
 
     cascades = {
         "shipped demo LMS (1.8M, trained)": Cascade.load(load_config()),
@@ -55,9 +55,9 @@ def compare(base_dir: str, limit: int, latency_n: int) -> dict:
 
 def time_lora_sft(base_dir: str, steps: int, batch: int = 4) -> dict:
     from hyfunc.cascade.template import MachineLimits, TemplateMachine
+    from hyfunc.data.demo_task import generate_demo_examples
     from hyfunc.models.bundle import ModelBundle
     from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
-    from hyfunc.data.demo_task import generate_demo_examples
     from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, selective_loss
 
     bundle = ModelBundle.load(base_dir)

@@ -27,8 +27,8 @@ def main() -> int:
         return 2
     from hyfunc.backends.vllm_intent import VLLMIntentEncoder
     from hyfunc.cascade.intent import IntentEncoder
-    from hyfunc.models.bundle import ModelBundle, resolve_part
     from hyfunc.data.demo_task import demo_tools, generate_demo_examples
+    from hyfunc.models.bundle import ModelBundle, resolve_part
 
     bundle = ModelBundle.load(args.models, device="cuda", dtype="bfloat16")
     kind = bundle.manifest.intent_kind

@@ -212,8 +212,8 @@ def test_check_answers_false_keeps_every_question():
 
 @needs_bfcl
 def test_resolve_categories_defaults_groups_and_errors():
-    from hyfunc.eval.bfcl import resolve_categories
     from hyfunc.data.loaders import bfcl_non_live_categories
+    from hyfunc.eval.bfcl import resolve_categories
 
     assert [stem for _, stem in resolve_categories(None)] == bfcl_non_live_categories()
     assert resolve_categories(["simple", "multiple", "simple_python"]) == [("simple", "simple_python"), ("multiple", "multiple")]

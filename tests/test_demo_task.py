@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from hyfunc.schema import Call, ParamSchema, Tool, parse_request, validate_call
 from hyfunc.data.demo_task import (
     _SLOT,
     SPLITS,
@@ -25,6 +24,7 @@ from hyfunc.data.demo_task import (
     tool_phrases,
     write_examples,
 )
+from hyfunc.schema import Call, ParamSchema, Tool, parse_request, validate_call
 
 REPO = Path(__file__).resolve().parent.parent
 

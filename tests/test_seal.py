@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from hyfunc.schema import Call, CallResult, validate_call
 from hyfunc.data.seal_tools import (
     BfclExclusions,
     SealDataMissing,
@@ -18,6 +17,7 @@ from hyfunc.data.seal_tools import (
     seal_training_examples,
     write_training_data,
 )
+from hyfunc.schema import Call, CallResult, validate_call
 
 # A handful of records written for these tests in the Seal-Tools format (not copied from it).
 TOOLS = [

@@ -14,8 +14,8 @@ import re
 import string
 from typing import Any
 
-from hyfunc.schema import Call, ParamSchema
 from hyfunc.data.loaders import Example
+from hyfunc.schema import Call, ParamSchema
 
 
 def _shape_like(text: str, rng: random.Random) -> str:

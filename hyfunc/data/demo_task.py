@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
-from hyfunc.schema import Call, ParamSchema, Tool
 from hyfunc.data.loaders import Example
+from hyfunc.schema import Call, ParamSchema, Tool
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")

@@ -33,8 +33,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hyfunc.schema import Call, Tool, describe_validation_error, validate_call
 from hyfunc.data.loaders import Example, LoadReport, RecordError
+from hyfunc.schema import Call, Tool, describe_validation_error, validate_call
 
 SEAL_URL = "https://github.com/fairyshine/Seal-Tools"
 SEAL_LICENCE = "Apache-2.0"

@@ -17,11 +17,11 @@ import torch
 
 from hyfunc.cascade.intent import IntentEncoder
 from hyfunc.cascade.template import MachineLimits, TemplateError, TemplateMachine
+from hyfunc.data.loaders import Example
 from hyfunc.models.bundle import PACKAGE_PREFIX, Manifest, resolve_part, save_module, stamp_versions
 from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
 from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
-from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
 from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, is_lora, train_lms
 from hyfunc.training.retriever import best_scores, evaluate_retriever, train_retriever

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
 from hyfunc.data.loaders import Example
+from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
 from hyfunc.training.embed import EmbeddingCache, query_vectors, tool_vectors
 
 
@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from hyfunc.data.seal_tools import seal_training_examples
     from hyfunc.models.bundle import save_module
     from hyfunc.training.embed import embed_all
-    from hyfunc.data.seal_tools import seal_training_examples
 
     encoder, intent_path = intent_encoder_for(args.models)
     examples, provenance = seal_training_examples(args.data, per_tool=args.per_tool)

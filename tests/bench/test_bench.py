@@ -204,8 +204,8 @@ def test_bfcl_official_checker_accepts_gold(tmp_path, monkeypatch):
 def test_bfcl_wrong_value_is_rejected(monkeypatch):
     pytest.importorskip("bfcl_eval")
     import hyfunc.eval.bfcl as bfcl
-    from hyfunc.schema import CallResult
     from hyfunc.data.loaders import load_bfcl_category
+    from hyfunc.schema import CallResult
 
     ex = load_bfcl_category("simple", progress=False)[0][0]
 

@@ -14,12 +14,12 @@ from conftest import STOCK, WEATHER, jsonl, queue_length, write_config
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from hyfunc.data.loaders import load_xlam
 from hyfunc.schema import Call, CallResult, parse_request
 from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.keys import create_key
 from hyfunc.store.models import Job
 from hyfunc.store.recording import record_finished_jobs
-from hyfunc.data.loaders import load_xlam
 
 pytestmark = pytest.mark.service
 

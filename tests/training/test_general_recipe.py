@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from hyfunc.eval.errors import classify, error_table
-from hyfunc.data.loaders import write_xlam
 from hyfunc.data.demo_task import generate_demo_examples
+from hyfunc.data.loaders import write_xlam
+from hyfunc.eval.errors import classify, error_table
 from hyfunc.training.lms import (
     LMSTrainConfig,
     apply_lora,

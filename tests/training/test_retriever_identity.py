@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hyfunc.data.loaders import Example
 from hyfunc.models.bundle import load_retriever, save_module
 from hyfunc.models.retriever import Retriever, RetrieverConfig, identity_retriever
 from hyfunc.schema import Call, Tool
-from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, text_key
 from hyfunc.training.retriever import evaluate_retriever, split_by_tool, train_general_retriever
 
@@ -88,8 +88,8 @@ def test_compare_retrievers_in_one_run_with_bm25():
     the query side ranks it last. BM25 is scored on the same examples."""
     pytest.importorskip("bfcl_eval")
     from hyfunc.cascade.intent import IntentOutput
-    from hyfunc.eval.bfcl import compare_retrievers
     from hyfunc.data.loaders import load_bfcl_category
+    from hyfunc.eval.bfcl import compare_retrievers
 
     examples = load_bfcl_category("multiple", progress=False, check_answers=False)[0][:12]
     names = sorted({t.name for ex in examples for t in ex.tools})

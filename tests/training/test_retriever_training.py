@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from hyfunc.data.loaders import Example
 from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.schema import Call, Tool
-from hyfunc.data.loaders import Example
 from hyfunc.training.embed import EmbeddingCache, text_key
 from hyfunc.training.retriever import calibrate_threshold, evaluate_retriever, train_retriever
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hyfunc.cascade.template import TemplateMachine
+from hyfunc.data.demo_task import generate_demo_examples
 from hyfunc.models.bundle import ModelBundle
 from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
-from hyfunc.data.demo_task import generate_demo_examples
 from hyfunc.training.lms import LMSTrainConfig, build_sequence, selective_loss, train_lms
 
 
