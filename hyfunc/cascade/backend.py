@@ -16,6 +16,7 @@ The engine, the feeder and the benches use only the surface below, so either bac
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
     from hyfunc.models.bundle import ModelBundle
 
 LMS_BACKENDS = ("transformers", "vllm")
+# Backends outside hyfunc.cascade are named here, never imported: they build on the cascade (its
+# scheduler, template machine, prompts), so an import from the cascade would be a circle. The
+# engine loads one by name when a config asks for it (the layers: docs/architecture.md).
+PLUGINS = {
+    "lms:vllm": "hyfunc.backends.vllm_lms:VLLMLMSBackend",
+    "intent:vllm": "hyfunc.backends.vllm_intent:VLLMIntentEncoder",
+}
+
+
+def load_plugin(key: str) -> Any:
+    """The class PLUGINS names under `key` (e.g. "lms:vllm"), imported now."""
+    module, _, name = PLUGINS[key].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class LMSSession(Protocol):
@@ -78,8 +92,7 @@ def make_lms_backend(
             pass_overhead_tokens=config.pass_overhead_tokens,
         )
     if name == "vllm":
-        from hyfunc.backends.vllm_lms import VLLMLMSBackend
-
+        VLLMLMSBackend = load_plugin("lms:vllm")
         assert models is not None
         return VLLMLMSBackend.from_bundle(bundle, machine, budgets=budgets, models=models, max_rows=config.batch_size)
     raise ValueError(f"models.lms_backend must be one of {list(LMS_BACKENDS)}, got {name!r}")

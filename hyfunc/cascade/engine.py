@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hyfunc.cascade.backend import LMSBackend, make_lms_backend
+from hyfunc.cascade.backend import LMSBackend, load_plugin, make_lms_backend
 from hyfunc.cascade.decoding import resolve_decoding
 from hyfunc.cascade.index import FunctionIndex
 from hyfunc.cascade.intent import IntentEncoder
@@ -55,6 +55,8 @@ class Cascade:
             max_array_items=self.config.max_array_items,
             copy_values=self.config.copy_values,
             copy_distinct=self.config.copy_distinct,
+            write_values=self.config.write_values,
+            no_call=self.config.no_call,
         )
         self.machine = TemplateMachine(bundle.lms_tokenizer, limits, logits_size=int(bundle.lms.config.vocab_size))
         # The LMS backend (models.lms_backend): our transformers decoder, or vLLM.
@@ -64,11 +66,11 @@ class Cascade:
         self.index_dir = Path(index_dir) if index_dir else None
         self.index = FunctionIndex.load(self.index_dir, self.index_version) if self.index_dir else FunctionIndex(self.index_version)
         self.index_passes = 0  # LML passes spent embedding new tools (not per job)
-
-    @classmethod
         # What a job's candidate schemas may compile to (config `limits`, set by load()); a job
         # over a limit, or over cascade.max_prompt_tokens, fails alone before its prefill.
         self.compile_limits: CompileLimits | None = None
+
+    @classmethod
     def load(cls, config: HyFuncConfig) -> Cascade:
         models_dir = config.models_dir()
         if models_dir is None:
@@ -79,12 +81,11 @@ class Cascade:
         bundle = ModelBundle.load(models_dir, device=config.models.device, dtype=config.models.dtype)
         index_dir = config.cascade.index_dir or (Path(models_dir) / "index")
         cascade = cls(bundle, config.cascade, index_dir, models=config.models)
-        if config.models.intent_backend == "vllm":
-            from hyfunc.backends.vllm_intent import VLLMIntentEncoder
         cascade.compile_limits = CompileLimits.from_config(config.limits)
+        if config.models.intent_backend == "vllm":
             from hyfunc.models.bundle import resolve_part
 
-            cascade.intent = VLLMIntentEncoder(  # type: ignore[assignment]
+            cascade.intent = load_plugin("intent:vllm")(  # type: ignore[assignment]
                 resolve_part(bundle.directory, bundle.manifest.intent_path),
                 kind=bundle.manifest.intent_kind,
                 dtype=config.models.dtype,
@@ -143,17 +144,15 @@ class Cascade:
             )
             prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
             spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
-            try:
-                program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior)
             problem = self._over_limits(requests[i], candidates, len(prompt_ids))
-            except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
+            try:
                 if problem:
                     raise SchemaTooLarge(problem)
+                program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior)
+            except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
                 program = _failing(err)
             yield DecodeJob(prompt_ids, soft, program, spec)
 
-    def _decode(self, jobs: Iterator[DecodeJob], count: int) -> list[DecodeResult]:
-        """Up to batch_size rows; with more jobs, rows are refilled as jobs finish (continuous
     def _over_limits(self, request: CallRequest, candidates: list[Tool], prompt_tokens: int) -> str | None:
         """Why this job may not run (a candidate over a compile limit, or its prompt over
         cascade.max_prompt_tokens), naming the field and the key; None when it may."""
@@ -168,6 +167,8 @@ class Cascade:
             return f"the LMS prompt is {prompt_tokens} tokens; limit cascade.max_prompt_tokens is {cap}"
         return None
 
+    def _decode(self, jobs: Iterator[DecodeJob], count: int) -> list[DecodeResult]:
+        """Up to batch_size rows; with more jobs, rows are refilled as jobs finish (continuous
         batching) or, with cascade.continuous off, static batches run one after another."""
         rows = max(1, min(self.config.batch_size, count))
         results: list[DecodeResult | None] = [None] * count
@@ -256,6 +257,8 @@ class Cascade:
                     result.error = "LMS output failed schema validation: " + "; ".join(problems)
                 else:
                     result.calls = out.calls
+                    if not out.calls:
+                        result.no_call_reason = "the LMS chose no call (none of the candidates fits the query)"
         else:
             best = hits[i][0].score if hits[i] else float("nan")
             result.no_call_reason = (
