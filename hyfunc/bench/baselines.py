@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from hyfunc.bench.workload import full_call_text
+from hyfunc.models.compat import cache_kwargs
 from hyfunc.schema import Call, Tool
 
 BASELINE_SYSTEM = "You are a function-calling assistant."
@@ -76,7 +77,7 @@ class FullCallBaseline:
         position = 0
         while True:
             positions = torch.arange(position, position + ids.shape[1], device=self.device).unsqueeze(0)
-            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, position_ids=positions, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
             passes += 1
             position += ids.shape[1]
             choice = int(torch.argmax(out.logits[0, -1]).item())

@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_prompt, lms_shared_prefix
 from hyfunc.cascade.template import TemplateMachine
 from hyfunc.models.bundle import save_module
+from hyfunc.models.compat import cache_kwargs
 from hyfunc.models.projector import SoftTokenProjector
 from hyfunc.schema import Call, Tool
 
@@ -150,9 +151,9 @@ def selective_loss(
     shared = max(0, shared_prefix_length(seqs) - 1) if share_prefix and len(seqs) > 1 else 0
     if shared > 0:
         cache = DynamicCache(config=model.config)
-        core.base_model(inputs_embeds=embeds[:1, :shared], cache=cache, use_cache=True)
+        core.base_model(inputs_embeds=embeds[:1, :shared], **cache_kwargs(cache), use_cache=True)
         cache.batch_repeat_interleave(len(seqs))
-        hidden = core.base_model(inputs_embeds=embeds[:, shared:], cache=cache, use_cache=True).last_hidden_state
+        hidden = core.base_model(inputs_embeds=embeds[:, shared:], **cache_kwargs(cache), use_cache=True).last_hidden_state
     else:
         hidden = core.base_model(inputs_embeds=embeds).last_hidden_state
     predict = targets[:, shared + 1 :]

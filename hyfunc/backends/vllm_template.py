@@ -1,0 +1,149 @@
+"""The template machine inside vLLM's engine: a logits processor that enforces each job's program.
+
+vLLM runs its engine core in another process and calls logits processors there, once per step
+for the whole batch. A job's program (a Python generator) cannot travel to that process, so the
+request carries what the program is built from (``SamplingParams.extra_args["hyfunc"]``: the
+candidate tools, the query, the retriever's prior, the machine limits and budgets) and this
+processor builds the very same program there, on a ``TemplateMachine`` over the served
+tokenizer. Each step, for each of our requests, it feeds the program the token vLLM emitted
+last (``ProgramCursor``) and then leaves one choice in that request's logits row:
+
+- while an injection is being spelled out, only its next token (vLLM emits one token per step,
+  so an injected chunk costs a step per token here, not one pass as in our decoder);
+- at a decision, only the allowed tokens, plus the retriever's log-prior on the first function
+  name (the same ``logits + bias`` argmax as ``BatchSampler``); free strings get their vocabulary
+  mask; copy spans are ordinary allowed sets of the per-job program;
+- once the program has ended (or failed), only the stop token, so the request finishes.
+
+Greedy decoding (``temperature=0``) then takes the argmax of the row, ties to the lowest id, as
+our sampler does. This is the V1 model runner's logits-processor interface
+(``vllm.v1.sample.logits_processor``); the backend selects that runner (``VLLM_USE_V2_MODEL_RUNNER=0``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+from hyfunc.backends.cursor import ProgramCursor
+from hyfunc.cascade.scheduler import Budgets
+from hyfunc.cascade.template import CALL_OPEN, MachineLimits, TemplateMachine
+from hyfunc.schema import Tool
+
+EXTRA_KEY = "hyfunc"  # SamplingParams.extra_args[EXTRA_KEY]: the job's program spec
+
+
+def program_args(
+    tools: list[Tool],
+    source: str | None,
+    prior: list[float] | None,
+    limits: MachineLimits,
+    budgets: Budgets,
+) -> dict[str, Any]:
+    """A job's program spec as plain data (what ``extra_args`` can carry to the engine process)."""
+    return {
+        "tools": [tool.to_json() for tool in tools],
+        "source": source,
+        "prior": prior,
+        "limits": {name: getattr(limits, name) for name in MachineLimits.__dataclass_fields__},
+        "budgets": {"max_job_tokens": budgets.max_job_tokens, "max_call_tokens": budgets.max_call_tokens},
+    }
+
+
+class RowConstraint:
+    """One request's program, applied to its logits row each step."""
+
+    def __init__(self, cursor: ProgramCursor, stop_id: int, masks: dict[int, torch.Tensor]):
+        self.cursor = cursor
+        self.stop_id = stop_id
+        self.seen = 0  # output tokens already fed to the cursor
+        self._masks = masks  # the processor's device copies of the machine's vocabulary masks
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        cursor = self.cursor
+        while self.seen < len(output_ids):
+            if not cursor.finished:
+                cursor.accept(output_ids[self.seen])
+            self.seen += 1
+        token = cursor.next_forced()
+        if token is None and cursor.done:
+            token = self.stop_id
+        if token is not None:
+            logits.fill_(float("-inf"))
+            logits[token] = 0.0
+            return logits
+        step = cursor.pending
+        assert step is not None
+        allowed = step.allowed
+        if isinstance(allowed, torch.Tensor):
+            logits.masked_fill_(~self._device_mask(allowed, logits), float("-inf"))
+            return logits
+        ids = torch.tensor([t for t in allowed if 0 <= t < logits.shape[0]], dtype=torch.long, device=logits.device)
+        kept = logits[ids]
+        if step.bias is not None:
+            bias = [b for t, b in zip(allowed, step.bias, strict=True) if 0 <= t < logits.shape[0]]
+            kept = kept + torch.tensor(bias, dtype=logits.dtype, device=logits.device)
+        logits.fill_(float("-inf"))
+        logits[ids] = kept
+        return logits
+
+    def _device_mask(self, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        # The machine hands out a few constant masks: keep one device copy of each (by identity).
+        key = id(mask)
+        hit = self._masks.get(key)
+        if hit is None or hit.shape[0] != logits.shape[0] or hit.device != logits.device:
+            hit = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+            n = min(logits.shape[0], mask.numel())
+            hit[:n] = mask[:n].to(logits.device)
+            self._masks[key] = hit
+        return hit
+
+
+class TemplateLogitsProcessor(AdapterLogitsProcessor):
+    """vLLM logits processor: requests with ``extra_args["hyfunc"]`` follow their template program."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        super().__init__(vllm_config, device, is_pin_memory)
+        from transformers import AutoTokenizer
+
+        from hyfunc.models.soft_slot import ensure_soft_slot
+
+        model_config = vllm_config.model_config
+        self.tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer)
+        ensure_soft_slot(self.tokenizer)
+        self.logits_size = int(model_config.get_vocab_size())
+        self._machines: dict[tuple, TemplateMachine] = {}
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it decides the argmax: greedy requests must run it too
+
+    def machine(self, limits: dict[str, Any]) -> TemplateMachine:
+        key = tuple(sorted(limits.items()))
+        machine = self._machines.get(key)
+        if machine is None:
+            # Vocabulary tables are compiled once per tokenizer (constraints.compile_vocab) and
+            # shared by machines with different limits.
+            machine = TemplateMachine(self.tokenizer, MachineLimits(**limits), logits_size=self.logits_size)
+            self._machines[key] = machine
+        return machine
+
+    def new_req_logits_processor(self, params) -> RowConstraint | None:
+        spec = (params.extra_args or {}).get(EXTRA_KEY)
+        if spec is None:
+            return None
+        machine = self.machine(spec["limits"])
+        tools = [Tool.model_validate(tool) for tool in spec["tools"]]
+        try:
+            program = machine.program(tools, source=spec["source"], prior=spec["prior"])
+        except Exception as err:  # noqa: BLE001 - the job fails alone (ours reports the same error)
+            program = _failing(err)
+        cursor = ProgramCursor(program, Budgets(**spec["budgets"]), machine.encode(CALL_OPEN)[0])
+        return RowConstraint(cursor, machine.encode(machine.end_text)[0], self._masks)
+
+
+def _failing(err: Exception):
+    raise err
+    yield  # pragma: no cover - makes this a generator
