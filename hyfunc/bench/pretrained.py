@@ -60,12 +60,24 @@ def write_base_lms_models(dest: Path, demo_dir: Path, base: str = DEFAULT_BASE) 
 
 
 def bench_pretrained(demo_dir: Path | None, base: str = DEFAULT_BASE, n: int = 32, device: str = "cpu",
-                     dtypes: tuple[str, ...] | None = None, log=print) -> dict[str, Any]:
+                     dtypes: tuple[str, ...] | None = None, log=print, trained: Path | None = None) -> dict[str, Any]:
+    """``trained``: a models directory whose LMS is a fine-tuned base (e.g. models/general), measured
+    as it is served, instead of the untuned base with a zero projector."""
     import tempfile
 
     from hyfunc.models.cache import base_dir, read_marker
     from hyfunc.models.pull import REGISTRY
 
+    if trained is not None:
+        if not (trained / "hyfunc.json").is_file():
+            return {"skipped": f"{trained} is not a models directory (no hyfunc.json)"}
+        lms_path = json.loads((trained / "hyfunc.json").read_text()).get("lms_path", "")
+        dtypes = dtypes or (("bfloat16",) if device.startswith("cuda") else ("float32", "bfloat16"))
+        out = {"base": f"{trained} ({lms_path}, fine-tuned)", "jobs": n, "device": device,
+               "targets": {"jobs_per_s_at_batch_32": 3.0, "p50_ms_at_batch_1": 600.0}}
+        for dtype in dtypes:
+            out[dtype] = _measure(trained, n, device, dtype, log)
+        return out
     if demo_dir is None:
         return {"skipped": "no demo models (the intent model and retriever come from them)"}
     if base not in REGISTRY:
@@ -145,7 +157,9 @@ def markdown_section(result: dict[str, Any]) -> list[str]:
     if "skipped" in result:
         return out + [f"Skipped — {result['skipped']}", ""]
     n = result["jobs"]
-    out.append(f"{result['base']} as the LMS (untuned, zero projector; the demo intent model and retriever), "
+    what = ("as served (fine-tuned)" if "fine-tuned" in str(result["base"])
+            else "as the LMS (untuned, zero projector; the demo intent model and retriever)")
+    out.append(f"{result['base']} {what}, "
                f"{n} demo held-out jobs, prefix cache warmed by other queries on the same toolsets. "
                f"Targets: ≥ {result['targets']['jobs_per_s_at_batch_32']} jobs/s at batch 32, "
                f"p50 ≤ {result['targets']['p50_ms_at_batch_1']} ms at batch 1.")

@@ -31,6 +31,7 @@ class BenchOptions:
     seed: int = 0
     tokenizers: dict[str, str] | None = None  # bench constraints: extra vocabularies, name -> directory
     base: str = "smollm2-135m-instruct"  # bench pretrained: the pulled base used as the LMS
+    trained: Path | None = None  # bench pretrained: a fine-tuned models directory measured as served
 
 
 def _demo_dir(options: BenchOptions) -> Path | None:
@@ -160,5 +161,5 @@ def _run_one(kind, options, dtype, out, cascade, inputs, demo_cascade, demo_item
         from hyfunc.bench.pretrained import bench_pretrained
 
         return bench_pretrained(demo_dir, base=options.base, device=options.device,
-                                log=lambda m: print(m, file=sys.stderr))
+                                log=lambda m: print(m, file=sys.stderr), trained=options.trained)
     raise ValueError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)} or all")

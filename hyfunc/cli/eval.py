@@ -162,6 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         per_category=args.per_category, throughput_jobs=args.throughput_jobs, service_jobs=args.service_jobs,
         demo_models=Path(args.demo_models) if args.demo_models else None, demo_n=args.demo_n,
         tokens_limit=args.tokens_limit, threads=args.threads, tokenizers=_named_dirs(args.tokenizer), base=args.base,
+        trained=Path(args.trained) if args.trained else None,
     )
     report, out = run_bench(kinds, options, log=lambda m: print(m, file=sys.stderr))
     print((out / "bench.md").read_text())
@@ -237,4 +238,6 @@ def add_eval_commands(sub) -> None:
                        help="bench constraints: another vocabulary to measure (repeatable)")
     bench.add_argument("--base", default="smollm2-135m-instruct",
                        help="bench pretrained: the pulled base to serve as the LMS (default smollm2-135m-instruct)")
+    bench.add_argument("--trained", help="bench pretrained: a models directory with a fine-tuned base LMS "
+                       "(e.g. models/general), measured as served instead of the untuned base")
     bench.set_defaults(func=cmd_bench)
