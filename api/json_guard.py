@@ -130,7 +130,8 @@ def _is_json(content_type: str) -> bool:
 
 
 class JsonBodyGuard:
-    """Answer 422 for a body that body_problem refuses, before any route reads it.
+    """Answer 400 for a body that is not UTF-8, and 422 for one that body_problem refuses,
+    before any route reads it.
 
     JSON (or no) content type: the body is one JSON value. Multipart: left to the route
     (it checks the uploaded file itself). Anything else is read as JSON Lines, as the
@@ -159,6 +160,19 @@ class JsonBodyGuard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
+        # JSON bodies are UTF-8 (RFC 8259); the parser behind the routes sniffs UTF-16/32 and would
+        # take them. UTF-16 text of ASCII is valid UTF-8 full of NUL bytes, which JSON never holds
+        # raw (not even inside strings), so a NUL byte refuses it too.
+        problem = None
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problem = f"body is not UTF-8 (byte {err.start}); JSON bodies must be UTF-8"
+        if problem is None and b"\x00" in body:
+            problem = "body is not UTF-8 JSON: it holds NUL bytes (UTF-16 or UTF-32?); JSON bodies must be UTF-8"
+        if problem:
+            await send_rejection(send, 400, problem)
+            return
         lines = not _is_json(content_type)
         if len(body) > INLINE_CHECK_BYTES:
             # Checking megabytes takes a while: off the event loop, so other requests go on.

@@ -40,6 +40,8 @@ from producer.broker import broker_depth, job_queues
 log = logging.getLogger("hyfunc.api")
 
 REQUEUE_REASONS = ("dead_worker",)
+METRICS_OFF = ("metrics are off: set api.metrics_token (or $HYFUNC_METRICS_TOKEN) and send "
+               "`Authorization: Bearer <token>`, or set api.metrics_open: true")
 
 
 class StoreCollector:
@@ -103,6 +105,8 @@ def create_metrics_app(state: Any) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not state.config.api.metrics_token and not state.config.api.metrics_open:
+            return JSONResponse({"detail": METRICS_OFF}, status_code=403)
         if not token_ok(state.config.api.metrics_token, authorization):
             return JSONResponse({"detail": "metrics need `Authorization: Bearer <api.metrics_token>`"},
                                 status_code=401)

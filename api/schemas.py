@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from hyfunc.store.status import JobStatus
 from hyfunc.store.submissions import (
@@ -29,6 +29,14 @@ def _single_line(value: str) -> str:
     problem = text_problem(value)
     if problem:
         raise ValueError(problem)
+    return value
+
+
+def _id_text(value: Any) -> Any:
+    # JSONL logs number their lines: an integer id is taken as its decimal string (as the batch
+    # route and `hyfunc submit` do); true/false and other types stay what they are (refused).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return value
 
 
@@ -132,7 +140,10 @@ class JobIn(BaseModel):
         {"query": "What is the weather in Oslo?", "toolset": "weather@1"},
     ]})
 
-    id: single_line(MAX_CLIENT_ID_CHARS) | None = Field(default=None, description="the client's own id, echoed back")
+    id: Annotated[single_line(MAX_CLIENT_ID_CHARS) | None, BeforeValidator(_id_text), WithJsonSchema({"anyOf": [
+        {"type": "string", "maxLength": MAX_CLIENT_ID_CHARS, "pattern": CONTROL_FREE_PATTERN},
+        {"type": "integer"}, {"type": "null"}]})] = Field(
+        default=None, description="the client's own id, echoed back (an integer is taken as its decimal string)")
     query: str = Field(min_length=1, json_schema_extra={"pattern": "^[^\\x00]*$"},
                        description="limits.max_query_chars at most; no NUL")
     tools: list[dict[str, Any]] | None = Field(default=None, description="limits.max_tools_per_request at most")

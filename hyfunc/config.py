@@ -145,6 +145,9 @@ class ApiConfig(BaseModel):
     # /metrics carries every tenant's job counts: when set, it answers only
     # `Authorization: Bearer <metrics_token>` (also $HYFUNC_METRICS_TOKEN).
     metrics_token: str | None = None
+    # Without a token, /metrics answers (true: the embedded default, loopback) or refuses with a
+    # 403 (false: configs/service.yaml — a deployed API never serves every tenant's counts openly).
+    metrics_open: bool = True
     # When set, /metrics is served on this port only (same host; `hyfunc api` runs both
     # servers), so the API port never exposes it.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import StateDep
 from api.errors import ApiError
-from api.metrics import token_ok
+from api.metrics import METRICS_OFF, token_ok
 from hyfunc.store.workers import live_workers
 
 router = APIRouter(tags=["ops"])
@@ -46,7 +46,8 @@ def _health(state: Any) -> tuple[dict[str, Any], bool]:
     except Exception as err:  # noqa: BLE001
         log.warning("healthz: broker unreachable: %s", type(err).__name__)
         body["broker"] = "unreachable"
-    body["workers"] = {"alive": len(workers), "list": workers} if body["database"] == "ok" else {"alive": None}
+    # The same shape either way: "alive" is null (unknown) while the database cannot say.
+    body["workers"] = {"alive": len(workers) if body["database"] == "ok" else None, "list": workers}
     ok = body["database"] == "ok" and body["broker"] == "ok" and bool(workers)
     return {"status": "ok" if ok else "unavailable", **body}, ok
 
@@ -67,4 +68,14 @@ async def metrics(state: StateDep,
     if not token_ok(state.config.api.metrics_token, authorization):
         raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
     data = await run_in_threadpool(generate_latest, state.metrics_registry)
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head(state: StateDep) -> Response:
+    """HEAD /healthz: the status code of GET, no body (load balancers probe with HEAD)."""
+    _, ok = await run_in_threadpool(_health, state)
+    return Response(status_code=200 if ok else 503)
+
+
     return Response(data, media_type=CONTENT_TYPE_LATEST)
+                       403: {"description": "no api.metrics_token is set and api.metrics_open is false"},
+    if not state.config.api.metrics_token and not state.config.api.metrics_open:
+        raise ApiError(403, METRICS_OFF)

@@ -309,7 +309,7 @@ def test_healthz_with_no_worker_or_no_database_is_503_and_leaks_nothing(pg_url: 
         r = c.get("/healthz")
         assert r.status_code == 503
         assert r.json() == {"status": "unavailable", "database": "unreachable", "broker": "unreachable",
-                            "workers": {"alive": None}}
+                            "workers": {"alive": None, "list": []}}
         assert "s3cret" not in r.text and "127.0.0.1" not in r.text
         post = c.post("/v1/jobs", json={"query": "q", "tools": [WEATHER]}, headers={"X-API-Key": "k"})
         assert post.status_code == 503 and post.json()["detail"] == "store unavailable"
