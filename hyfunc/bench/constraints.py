@@ -372,7 +372,6 @@ def measure_share(demo_dir: Path, items: list[BenchInput], batch: int = 32) -> d
     """Template machine + sampler time over LMS decode time, one batch of the shipped models."""
     from hyfunc.bench.runs import load_cascade
     from hyfunc.cascade.decoder import DecodeJob
-    from hyfunc.cascade.prompts import lms_job_prompt
 
     cascade = load_cascade(demo_dir, "cpu", "float32")
     bundle = cascade.bundle
@@ -407,8 +406,7 @@ def measure_share(demo_dir: Path, items: list[BenchInput], batch: int = 32) -> d
         )
     jobs = []
     for i, item in enumerate(group):
-        prompt = lms_job_prompt(item.query, item.tools, soft[i].shape[0], tokenizer=bundle.lms_tokenizer)
-        ids = bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+        ids = cascade.job_prompt_ids(item.query, item.tools, soft[i].shape[0])
         jobs.append(DecodeJob(ids, soft[i], timed(cascade.machine.program(item.tools, source=item.query))))
     sampler.pick = pick  # type: ignore[method-assign]
     try:

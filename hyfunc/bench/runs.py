@@ -16,7 +16,6 @@ import torch
 
 from hyfunc.bench.workload import BenchInput, forced
 from hyfunc.cascade.decoder import DecodeJob, RowStats
-from hyfunc.cascade.prompts import lms_job_prompt
 from hyfunc.schema import Call, CallRequest
 
 
@@ -51,10 +50,7 @@ def run_cascade_forced(cascade, items: list[BenchInput]) -> CascadeBatch:
     lms_before = cascade.decoder.forward_passes
     intent = cascade.intent.soft_tokens([item.query for item in items])
     lml_passes = cascade.intent.forward_passes - lml_before
-    all_tools = [tool for item in items for tool in item.tools]
-    cascade.index.ensure(all_tools, cascade.intent.function_embeddings, bundle.retriever.encode_keys)
-    queries = bundle.retriever.encode_queries(intent.soft_tokens.to(next(bundle.retriever.parameters()).device))
-    hits = cascade.index.search(queries, [item.tools for item in items], cascade.config.top_k)
+    hits = cascade.retrieve(intent.soft_tokens, [item.tools for item in items])
     projected = bundle.projector(intent.soft_tokens.to(bundle.device, bundle.dtype))
     jobs = []
     swapped = 0
@@ -70,8 +66,7 @@ def run_cascade_forced(cascade, items: list[BenchInput]) -> CascadeBatch:
                     candidates.append(tool)
                 swapped += 1
         soft = projected[i]
-        prompt = lms_job_prompt(item.query, candidates, soft.shape[0], tokenizer=bundle.lms_tokenizer)
-        prompt_ids = bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids = cascade.job_prompt_ids(item.query, candidates, soft.shape[0])
         jobs.append(DecodeJob(prompt_ids, soft, forced(cascade.machine.program(candidates, item.gold))))
     decoded = cascade.decoder.decode(jobs)
     _sync(bundle.device)

@@ -98,25 +98,18 @@ def _forced_jobs(cascade, items: list[BenchInput]):
 
     from hyfunc.bench.workload import forced
     from hyfunc.cascade.decoder import DecodeJob
-    from hyfunc.cascade.engine import canonical_order
-    from hyfunc.cascade.prompts import lms_job_prompt
 
     bundle = cascade.bundle
     with torch.inference_mode():
         intent = cascade.intent.soft_tokens([item.query for item in items])
-        cascade.index.ensure([t for item in items for t in item.tools], cascade.intent.function_embeddings,
-                             bundle.retriever.encode_keys)
-        queries = bundle.retriever.encode_queries(intent.soft_tokens.to(next(bundle.retriever.parameters()).device))
-        hits = cascade.index.search(queries, [item.tools for item in items], cascade.config.top_k)
+        hits = cascade.retrieve(intent.soft_tokens, [item.tools for item in items])
         projected = bundle.projector(intent.soft_tokens.to(bundle.device, bundle.dtype))
     for i, item in enumerate(items):
         candidates = [hit.tool for hit in hits[i]]
         for tool in item.tools:  # the gold tools are always shown (random-init retriever)
             if tool.name in {c.name for c in item.gold} and tool not in candidates:
                 candidates.append(tool)
-        prompt = lms_job_prompt(item.query, canonical_order(candidates), projected[i].shape[0],
-                                tokenizer=bundle.lms_tokenizer)
-        ids = bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+        ids = cascade.job_prompt_ids(item.query, candidates, projected[i].shape[0])
         yield DecodeJob(ids, projected[i], forced(cascade.machine.program(candidates, item.gold)))
 
 
@@ -221,8 +214,7 @@ def bench_prefix(cascade, jobs: int = 1000, toolsets: int = 5, per_set: int = 10
     import torch
 
     from hyfunc.cascade.decoder import DecodeJob, LMSDecoder
-    from hyfunc.cascade.engine import canonical_order
-    from hyfunc.cascade.prompts import lms_job_prompt
+    from hyfunc.cascade.prompts import lms_job_ids
 
     work = prefix_workload(jobs, toolsets, per_set)
     bundle = cascade.bundle
@@ -231,24 +223,21 @@ def bench_prefix(cascade, jobs: int = 1000, toolsets: int = 5, per_set: int = 10
         for start in range(0, len(work), 64):
             chunk = work[start : start + 64]
             intent = cascade.intent.soft_tokens([q for q, _ in chunk])
-            cascade.index.ensure([t for _, tools in chunk for t in tools], cascade.intent.function_embeddings,
-                                 bundle.retriever.encode_keys)
-            keys = bundle.retriever.encode_queries(intent.soft_tokens.to(next(bundle.retriever.parameters()).device))
-            hits = cascade.index.search(keys, [tools for _, tools in chunk], cascade.config.top_k)
+            hits = cascade.retrieve(intent.soft_tokens, [tools for _, tools in chunk])
             projected = bundle.projector(intent.soft_tokens.to(bundle.device, bundle.dtype))
             for i, (query, _) in enumerate(chunk):
                 prepared.append((projected[i], [h.tool for h in hits[i]], query))
     cache_bytes = cascade.config.prefix_cache_bytes or 256 * 2**20
 
-    def run(order, cache: int) -> dict[str, Any]:
+    def run(order: str, cache: int) -> dict[str, Any]:
         decoder = LMSDecoder(bundle.lms, bundle.lms_tokenizer, cascade.machine, bundle.device,
                              prefix_cache_bytes=cache)
         decoder.shared_prefix()
 
         def stream():
             for soft, candidates, query in prepared:
-                text = lms_job_prompt(query, order(candidates), soft.shape[0], tokenizer=bundle.lms_tokenizer)
-                yield DecodeJob(bundle.lms_tokenizer.encode(text, add_special_tokens=False), soft, _prefill_only())
+                ids = lms_job_ids(bundle.lms_tokenizer, query, candidates, soft.shape[0], order)
+                yield DecodeJob(ids, soft, _prefill_only())
 
         start = time.perf_counter()
         done = dict(decoder.stream(stream(), max_rows=rows))
@@ -266,14 +255,11 @@ def bench_prefix(cascade, jobs: int = 1000, toolsets: int = 5, per_set: int = 10
             out["cache_evicted_tokens"] = decoder.cache.stats.evicted_tokens
         return out
 
-    def retrieval_order(c):
-        return c
-
     result: dict[str, Any] = {"jobs": jobs, "toolsets": toolsets, "tools_per_set": per_set, "rows": rows,
                               "top_k": cascade.config.top_k, "cache_bytes": cache_bytes}
-    result["no cache (today)"] = run(canonical_order, 0)
-    result["cache, retrieval order"] = run(retrieval_order, cache_bytes)
-    result["cache, canonical order (served)"] = run(canonical_order, cache_bytes)
+    result["no cache (today)"] = run("canonical", 0)
+    result["cache, retrieval order"] = run("retrieval", cache_bytes)
+    result["cache, canonical order (served)"] = run("canonical", cache_bytes)
     base = result["no cache (today)"]
     served = result["cache, canonical order (served)"]
     result["computed_over_today"] = r(served["computed_per_job"] / base["computed_per_job"], 3)

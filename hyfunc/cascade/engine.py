@@ -12,9 +12,9 @@ import torch
 
 from hyfunc.cascade.backend import LMSBackend, load_plugin, make_lms_backend
 from hyfunc.cascade.decoding import resolve_decoding
-from hyfunc.cascade.index import FunctionIndex
+from hyfunc.cascade.index import FunctionIndex, SearchHit
 from hyfunc.cascade.intent import IntentEncoder
-from hyfunc.cascade.prompts import lms_job_prompt
+from hyfunc.cascade.prompts import lms_job_ids
 from hyfunc.cascade.scheduler import DecodeJob, DecodeResult, ProgramSpec
 from hyfunc.cascade.template import MachineLimits, TemplateMachine
 from hyfunc.config import CascadeConfig, HyFuncConfig, ModelsConfig
@@ -125,6 +125,22 @@ class Cascade:
         scores = torch.tensor([hit.score for hit in hits]) / self.bundle.retriever.config.temperature
         return (weight * torch.log_softmax(scores, dim=0)).tolist()
 
+    def retrieve(self, soft_tokens: torch.Tensor, toolsets: list[list[Tool]], top_k: int | None = None) -> list[list[SearchHit]]:
+        """Retrieval, the one path the engine, evaluation and the benches take: tools not in the
+        function index yet are embedded once (by content hash; the index is saved when it has a
+        directory), the query tower runs on the soft tokens, and one masked product against the
+        index ranks each request's own tools, best first (`top_k`: cascade.top_k)."""
+        all_tools = [tool for tools in toolsets for tool in tools]
+        if self.index.ensure(all_tools, self._embed_tools, self.bundle.retriever.encode_keys):
+            self._save_index()
+        retriever = self.bundle.retriever
+        queries = retriever.encode_queries(soft_tokens.to(next(retriever.parameters()).device))
+        return self.index.search(queries, toolsets, top_k or self.config.top_k)
+
+    def job_prompt_ids(self, query: str, candidates: list[Tool], soft_tokens: int) -> list[int]:
+        """A job's LMS prompt ids as served: the candidates in cascade.prompt_order."""
+        return lms_job_ids(self.bundle.lms_tokenizer, query, candidates, soft_tokens, self.config.prompt_order)
+
     def decode_jobs(self, prepared: Prepared) -> Iterator[DecodeJob]:
         """Stage 3's jobs, one per request that passed the gate (in ``prepared.selected`` order),
         built one at a time, when the decoder has a row for them (the program build is then
@@ -133,16 +149,7 @@ class Cascade:
         for j, i in enumerate(prepared.selected):
             candidates = [hit.tool for hit in hits[i]]
             soft = projected[j] if projected is not None else None
-            # Schemas in a canonical order (cascade.prompt_order): jobs with the same candidates
-            # share a token prefix, whose KV the prefix cache then reuses. The program keeps the
-            # retrieval order either way.
-            prompt = lms_job_prompt(
-                requests[i].query,
-                canonical_order(candidates) if self.config.prompt_order == "canonical" else candidates,
-                soft.shape[0] if soft is not None else 0,
-                tokenizer=self.bundle.lms_tokenizer,
-            )
-            prompt_ids = self.bundle.lms_tokenizer.encode(prompt, add_special_tokens=False)
+            prompt_ids = self.job_prompt_ids(requests[i].query, candidates, soft.shape[0] if soft is not None else 0)
             spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
             problem = self._over_limits(requests[i], candidates, len(prompt_ids))
             try:
@@ -206,11 +213,7 @@ class Cascade:
 
         # 2. Retrieval: new tools into the index, then one product against it; the relevance gate
         # and the projector for the jobs that pass it.
-        all_tools = [tool for r in requests for tool in r.tools]
-        if self.index.ensure(all_tools, self._embed_tools, self.bundle.retriever.encode_keys):
-            self._save_index()
-        queries = self.bundle.retriever.encode_queries(intent.soft_tokens.to(next(self.bundle.retriever.parameters()).device))
-        hits = self.index.search(queries, [r.tools for r in requests], self.config.top_k)
+        hits = self.retrieve(intent.soft_tokens, [r.tools for r in requests])
         threshold = self.relevance_threshold
         selected = [i for i, h in enumerate(hits) if h and h[0].score >= threshold]
         projected = None
@@ -284,11 +287,6 @@ class Prepared:
     threshold: float
     selected: list[int]  # requests that passed the relevance gate, in decoding order
     projected: torch.Tensor | None  # their projected soft tokens (row j: request selected[j])
-
-
-def canonical_order(tools: list[Tool]) -> list[Tool]:
-    """Candidates sorted by content hash: the same set always renders as the same token run."""
-    return sorted(tools, key=lambda tool: tool.content_hash())
 
 
 def _failing(err: Exception):

@@ -180,3 +180,24 @@ def lms_job_prompt(query: str, candidates: list[Tool], soft_tokens: int, tokeniz
         f"{schemas}\n</tools><|im_end|>\n"
         f"<|im_start|>user\n{plain(query)}{SOFT_TOKEN * soft_tokens}<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+PROMPT_ORDERS = ("canonical", "retrieval")
+
+
+def canonical_order(tools: list[Tool]) -> list[Tool]:
+    """Candidates sorted by content hash: the same set always renders as the same token run."""
+    return sorted(tools, key=lambda tool: tool.content_hash())
+
+
+def lms_job_ids(tokenizer, query: str, candidates: list[Tool], soft_tokens: int, order: str = "canonical") -> list[int]:
+    """The job's LMS prompt as token ids: the one encoder the engine, training and the benches use.
+
+    `order` is `cascade.prompt_order`: "canonical" renders the schemas sorted by content hash, so
+    jobs with the same candidates share a token prefix the prefix cache reuses; "retrieval" keeps
+    them best first (what the demo LMS was trained on). The template program keeps the retrieval
+    order either way."""
+    if order not in PROMPT_ORDERS:
+        raise ValueError(f"prompt order {order!r}: expected one of {', '.join(PROMPT_ORDERS)}")
+    shown = canonical_order(candidates) if order == "canonical" else list(candidates)
+    return tokenizer.encode(lms_job_prompt(query, shown, soft_tokens, tokenizer=tokenizer), add_special_tokens=False)

@@ -160,12 +160,7 @@ def retriever_ranks(cascade, examples) -> list[list[str]]:
 
     with torch.inference_mode():
         intent = cascade.intent.soft_tokens([ex.query for ex in examples])
-        cascade.index.ensure([t for ex in examples for t in ex.tools], cascade.intent.function_embeddings,
-                             cascade.bundle.retriever.encode_keys)
-        retriever = cascade.bundle.retriever
-        queries = retriever.encode_queries(intent.soft_tokens.to(next(retriever.parameters()).device))
-        k = max(len(ex.tools) for ex in examples)
-        hits = cascade.index.search(queries, [ex.tools for ex in examples], k)
+        hits = cascade.retrieve(intent.soft_tokens, [ex.tools for ex in examples], max(len(ex.tools) for ex in examples))
     return [[h.tool.name for h in row] for row in hits]
 
 

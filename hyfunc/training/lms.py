@@ -21,7 +21,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_prompt, lms_shared_prefix
+from hyfunc.cascade.prompts import SOFT_TOKEN, lms_job_ids, lms_shared_prefix
 from hyfunc.cascade.template import TemplateMachine
 from hyfunc.models.bundle import save_module
 from hyfunc.models.compat import cache_kwargs
@@ -71,14 +71,9 @@ class LMSTrainConfig:
 def lms_prompt_ids(tokenizer, query: str, candidates: list[Tool], num_soft: int) -> tuple[list[int], list[int]]:
     """The shared-prefix ids and the job-prompt ids, encoded exactly as the decoder and the engine
     encode them at inference: the tokenizer's chat template when it has one, and the candidate
-    schemas in the engine's canonical order."""
-    from hyfunc.cascade.engine import canonical_order
-
+    schemas in the canonical order training writes to the manifest (`prompt_order: canonical`)."""
     prefix = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
-    prompt = tokenizer.encode(
-        lms_job_prompt(query, canonical_order(candidates), num_soft, tokenizer=tokenizer), add_special_tokens=False
-    )
-    return prefix, prompt
+    return prefix, lms_job_ids(tokenizer, query, candidates, num_soft, "canonical")
 
 
 def build_sequence(

@@ -179,8 +179,7 @@ def test_prefix_cache_reuses_candidate_schemas_across_batches(tiny_config) -> No
 def test_same_candidates_in_any_order_share_the_prompt_prefix(tiny_config) -> None:
     """Schemas go into the prompt in a canonical order, so a job whose candidates are the same set
     (ranked differently, or listed differently) reuses all of them."""
-    from hyfunc.cascade.engine import canonical_order
-    from hyfunc.cascade.prompts import lms_job_prompt
+    from hyfunc.cascade.prompts import canonical_order, lms_job_prompt
 
     tiny_config.cascade.top_k = 3
     tiny_config.cascade.prompt_order = "canonical"
@@ -266,7 +265,7 @@ def test_nested_array_job_fails_alone_in_cascade_run(tiny_config) -> None:
 def test_prompt_order_retrieval_keeps_the_ranking(tiny_config) -> None:
     """cascade.prompt_order: retrieval renders the candidates best first (as LMS checkpoints trained
     before canonical prompts saw them); canonical sorts them by content hash."""
-    from hyfunc.cascade.engine import canonical_order
+    from hyfunc.cascade.prompts import canonical_order
 
     seen: list[list[str]] = []
     for order in ("retrieval", "canonical"):

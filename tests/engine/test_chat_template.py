@@ -145,7 +145,7 @@ def _tiny_llama(vocab: int, seed: int = 0):
 
 @pytest.mark.parametrize("make", [chatml_tokenizer, gemma_tokenizer], ids=["chatml", "gemma"])
 def test_the_soft_slot_is_added_and_placed_identically_in_training_and_inference(make) -> None:
-    from hyfunc.cascade.engine import canonical_order
+    from hyfunc.cascade.prompts import canonical_order
     from hyfunc.cascade.runner import TransformersRunner
     from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
     from hyfunc.models.soft_slot import ensure_soft_slot
