@@ -1,4 +1,6 @@
-"""Operations: health (database, broker, live workers) and Prometheus metrics.
+"""Operations: liveness, health (database, broker, live workers) and Prometheus metrics.
+
+/livez answers 200 whenever the process serves requests (a container healthcheck).
 
 /healthz never echoes a driver's error (it would carry hosts, ports, user names): a
 dependency is "ok" or "unreachable". It answers 503 when the database or the broker is
@@ -52,22 +54,20 @@ def _health(state: Any) -> tuple[dict[str, Any], bool]:
     return {"status": "ok" if ok else "unavailable", **body}, ok
 
 
+@router.api_route("/livez", methods=["GET", "HEAD"])
+async def livez() -> JSONResponse:
+    """Liveness: this process answers. It reads no database, broker or worker state, so a
+    container healthcheck on it marks a hung API unhealthy, never one whose dependencies are
+    down or that has no worker yet (that is /healthz's answer; restarting the API fixes neither)."""
+    return JSONResponse({"status": "ok"})
+
+
 @router.get("/healthz", responses={503: {"description": "database or broker unreachable, or no live worker"}})
 async def healthz(state: StateDep) -> JSONResponse:
     body, ok = await run_in_threadpool(_health, state)
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={401: {"description": "api.metrics_token is set and the bearer token is missing or wrong"},
-                       404: {"description": "api.metrics_port is set: metrics are served on that port only"}})
-async def metrics(state: StateDep,
-                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
-    if state.config.api.metrics_port is not None:
-        raise ApiError(404, "metrics are served on api.metrics_port, not on the API's port")
-    if not token_ok(state.config.api.metrics_token, authorization):
-        raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
-    data = await run_in_threadpool(generate_latest, state.metrics_registry)
 @router.head("/healthz", include_in_schema=False)
 async def healthz_head(state: StateDep) -> Response:
     """HEAD /healthz: the status code of GET, no body (load balancers probe with HEAD)."""
@@ -75,7 +75,17 @@ async def healthz_head(state: StateDep) -> Response:
     return Response(status_code=200 if ok else 503)
 
 
-    return Response(data, media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=Response,
+            responses={401: {"description": "api.metrics_token is set and the bearer token is missing or wrong"},
                        403: {"description": "no api.metrics_token is set and api.metrics_open is false"},
+                       404: {"description": "api.metrics_port is set: metrics are served on that port only"}})
+async def metrics(state: StateDep,
+                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+    if state.config.api.metrics_port is not None:
+        raise ApiError(404, "metrics are served on api.metrics_port, not on the API's port")
     if not state.config.api.metrics_token and not state.config.api.metrics_open:
         raise ApiError(403, METRICS_OFF)
+    if not token_ok(state.config.api.metrics_token, authorization):
+        raise ApiError(401, "metrics need `Authorization: Bearer <api.metrics_token>`")
+    data = await run_in_threadpool(generate_latest, state.metrics_registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

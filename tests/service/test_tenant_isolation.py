@@ -266,6 +266,7 @@ CASES: dict[str, Callable[[World], list[httpx.Response]]] = {
     "GET /v1/replays/{replay_id}": case_read_replay,
     "GET /v1/export": case_export,
     "GET /healthz": case_healthz,
+    "GET /livez": case_public_docs("/livez"),
     "GET /metrics": case_metrics,
     "GET /openapi.json": case_public_docs("/openapi.json"),
     "GET /docs": case_public_docs("/docs"),
