@@ -47,7 +47,12 @@ class Cascade:
         self.bundle = bundle
         # Unset decoding keys come from the manifest (how the LMS was trained to decode).
         self.config = resolve_decoding(config or CascadeConfig(), bundle.manifest.decoding)
-        self.intent = IntentEncoder(bundle.intent_model, bundle.intent_tokenizer, bundle.manifest.intent_kind, bundle.device)
+        self.intent: IntentEncoder
+        if models is not None and models.intent_backend == "vllm":
+            # The LML on a vLLM engine (the bundle then holds only its tokenizer, no transformers LML).
+            self.intent = load_plugin("intent:vllm").from_bundle(bundle, models, batch_size=self.config.batch_size)
+        else:
+            self.intent = IntentEncoder(bundle.intent_model, bundle.intent_tokenizer, bundle.manifest.intent_kind, bundle.device)
         limits = MachineLimits(
             max_calls=self.config.max_calls,
             max_string_tokens=self.config.max_string_tokens,
@@ -78,18 +83,15 @@ class Cascade:
                 "no models configured: pass --models DIR (create test models with "
                 "`hyfunc models tiny DIR`) or set models.dir in the config"
             )
-        bundle = ModelBundle.load(models_dir, device=config.models.device, dtype=config.models.dtype)
+        bundle = ModelBundle.load(
+            models_dir,
+            device=config.models.device,
+            dtype=config.models.dtype,
+            load_intent_model=config.models.intent_backend != "vllm",
+        )
         index_dir = config.cascade.index_dir or (Path(models_dir) / "index")
         cascade = cls(bundle, config.cascade, index_dir, models=config.models)
         cascade.compile_limits = CompileLimits.from_config(config.limits)
-        if config.models.intent_backend == "vllm":
-            from hyfunc.models.bundle import resolve_part
-
-            cascade.intent = load_plugin("intent:vllm")(  # type: ignore[assignment]
-                resolve_part(bundle.directory, bundle.manifest.intent_path),
-                kind=bundle.manifest.intent_kind,
-                dtype=config.models.dtype,
-            )
         return cascade
 
     @property

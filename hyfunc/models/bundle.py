@@ -219,7 +219,7 @@ def load_lms(directory: Path, manifest: Manifest, dtype: torch.dtype = torch.flo
 class ModelBundle:
     directory: Path
     manifest: Manifest
-    intent_model: nn.Module
+    intent_model: nn.Module | None  # None when another backend serves the LML (models.intent_backend)
     intent_tokenizer: Any
     lms: nn.Module
     lms_tokenizer: Any
@@ -229,7 +229,10 @@ class ModelBundle:
     dtype: torch.dtype
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu", dtype: str = "float32") -> ModelBundle:
+    def load(
+        cls, directory: str | Path, device: str = "cpu", dtype: str = "float32", load_intent_model: bool = True
+    ) -> ModelBundle:
+        """``load_intent_model=False``: the LML's tokenizer only (a vLLM engine serves the LML)."""
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -251,9 +254,10 @@ class ModelBundle:
                 raise ModelsError(f"{directory}: missing the {part} directory {getattr(manifest, f'{part}_path')!r}")
         intent_dir = resolve_part(directory, manifest.intent_path)
         intent_tokenizer = AutoTokenizer.from_pretrained(str(intent_dir))
-        if manifest.intent_kind == "causal":
+        intent_model: nn.Module | None = None
+        if load_intent_model and manifest.intent_kind == "causal":
             intent_model = AutoModelForCausalLM.from_pretrained(str(intent_dir), dtype=torch_dtype)
-        else:
+        elif load_intent_model:
             intent_model = AutoModel.from_pretrained(str(intent_dir), dtype=torch_dtype)
         lms, lms_tokenizer = load_lms(directory, manifest, torch_dtype)
         retriever = load_retriever(resolve_part(directory, manifest.retriever_path))
@@ -265,13 +269,16 @@ class ModelBundle:
                 f"the projector makes {projector.config.num_tokens}"
             )
         for module in (intent_model, lms, retriever, projector):
-            module.to(torch_device).eval()
+            if module is not None:
+                module.to(torch_device).eval()
         retriever.to(torch.float32)
         projector.to(torch_dtype)
         return cls(directory, manifest, intent_model, intent_tokenizer, lms, lms_tokenizer, retriever, projector, torch_device, torch_dtype)
 
     @property
     def intent_dim(self) -> int:
+        if self.intent_model is None:
+            return int(self.retriever.config.input_dim)  # the LML's width, as the retriever reads it
         return int(self.intent_model.config.hidden_size)
 
     @property
