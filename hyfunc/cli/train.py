@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from hyfunc.cli.errors import CliError
+
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train_demo.yaml"
 
 
 def _recipe(path: str | None, overrides: dict | None = None):
-    from hyfunc.cli.errors import CliError
     from hyfunc.training.pipeline import Recipe
 
     data: dict = {}
@@ -34,11 +35,21 @@ def _recipe(path: str | None, overrides: dict | None = None):
         raise CliError(f"training config: {err}") from None
 
 
+def _guard_out(recipe, force: bool) -> None:
+    """A models directory that already holds models (the committed models/demo, say) is only
+    overwritten when asked: --force, or --out naming another directory."""
+    out = Path(recipe.out_dir)
+    if (out / "hyfunc.json").exists() and not force:
+        raise CliError(f"{out} already holds models (hyfunc.json): pass --out DIR for a new directory, "
+                       "or --force to overwrite it")
+
+
 def cmd_train_all(args: argparse.Namespace) -> int:
     from hyfunc.training.model_card import write_model_card
     from hyfunc.training.pipeline import train_all
 
     recipe = _recipe(args.config, {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
+    _guard_out(recipe, args.force)
     report = train_all(recipe)
     command = "hyfunc train all" + (f" --config {args.config}" if args.config else "")
     write_model_card(Path(recipe.out_dir), report, command)
@@ -55,6 +66,7 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
 
     started = time.time()
     recipe = _recipe(str(DEMO_CONFIG), {"out_dir": args.out, "work_dir": args.work_dir, "device": args.device})
+    _guard_out(recipe, args.force)
     report = train_all(recipe)
     from hyfunc.cascade.decoding import resolve_decoding
     from hyfunc.cascade.engine import Cascade
@@ -80,7 +92,6 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_export(args: argparse.Namespace) -> int:
-    from hyfunc.cli.errors import CliError
     from hyfunc.training.lms import latest_checkpoint
     from hyfunc.training.pipeline import export_checkpoint
 
@@ -127,25 +138,14 @@ def cmd_compare_intent(args: argparse.Namespace) -> int:
 
 def _stage_command(stage: str):
     def run(args: argparse.Namespace) -> int:
-        from hyfunc.training import pipeline
+        """One stage, in the work directory only: the stages before it run first unless done
+        (their `<stage>.done` markers), the ones after it do not, and no models directory is
+        written (`hyfunc train all` or `export` does that)."""
+        from hyfunc.training.pipeline import train_all
 
         recipe = _recipe(args.config, {"work_dir": args.work_dir, "device": args.device})
-        train, heldout = pipeline.load_data(recipe)
-        work = Path(recipe.work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        intent = pipeline.load_intent(recipe, recipe.device)
-        from hyfunc.training.embed import EmbeddingCache, embed_all
-
-        cache = EmbeddingCache(work / "embeddings")
-        embed_all(intent, cache, [ex.query for ex in train + heldout], [t for ex in train + heldout for t in ex.tools])
-        if stage == "embed":
-            print(f"embeddings cached under {work / 'embeddings'}: {len(cache.vectors)} vectors")
-            return 0
-        # retriever and lms: the pipeline runs them (and skips what is done)
-        if stage == "lms" and not (work / "retriever.done").exists():
-            print("the lms stage needs the retriever: running it first")
-        report = pipeline.train_all(recipe)
-        print(json.dumps(report.get(stage), indent=2, default=str))
+        report = train_all(recipe, stop_after=stage)
+        print(json.dumps(report, indent=2, default=str))
         return 0
 
     return run
@@ -166,7 +166,8 @@ def add_train_commands(sub) -> None:
         p.set_defaults(func=_stage_command(name))
     everything = tsub.add_parser("all", help="the whole recipe from one config")
     everything.add_argument("--config", required=True)
-    everything.add_argument("--out")
+    everything.add_argument("--out", help="models directory to write (default: the recipe's out_dir)")
+    everything.add_argument("--force", action="store_true", help="overwrite a models directory that already holds models")
     everything.add_argument("--work-dir")
     everything.add_argument("--device")
     everything.set_defaults(func=cmd_train_all)
@@ -180,7 +181,8 @@ def add_train_commands(sub) -> None:
     compare.add_argument("--out", help="also write the report as JSON here")
     compare.set_defaults(func=cmd_compare_intent)
     demo = tsub.add_parser("demo", help="reproduce the shipped demo models (models/demo)")
-    demo.add_argument("--out")
+    demo.add_argument("--out", help="models directory to write (default: models/demo, which needs --force)")
+    demo.add_argument("--force", action="store_true", help="overwrite a models directory that already holds models")
     demo.add_argument("--work-dir")
     demo.add_argument("--device")
     demo.set_defaults(func=cmd_train_demo)

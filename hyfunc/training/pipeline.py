@@ -273,8 +273,17 @@ def load_intent(recipe: Recipe, device: str) -> IntentEncoder:
     return IntentEncoder(model, tokenizer, recipe.intent_kind, torch.device(device))
 
 
-def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
-    """Run every stage not yet done; returns the report (also written to the model card)."""
+STAGES = ("embed", "retriever", "lms")
+
+
+def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = None) -> dict[str, Any]:
+    """Run every stage not yet done; returns the report (also written to the model card).
+
+    `stop_after` ("embed", "retriever" or "lms"): run the stages up to that one (each needs the
+    ones before it, done or cached) and return their part of the report without writing the
+    models directory (`hyfunc train <stage>`)."""
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after {stop_after!r}: expected one of {', '.join(STAGES)}")
     started = time.time()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -292,6 +301,8 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     all_tools = [t for ex in train + heldout for t in ex.tools]
     embed_all(intent, cache, [ex.query for ex in train + heldout], all_tools, progress=progress)
     intent_dim = int(query_vectors(cache, [train[0].query]).shape[1])
+    if stop_after == "embed":
+        return {"embed": {"vectors": len(cache.vectors), "dir": str(work / "embeddings")}}
 
     # 2. Retriever.
     from hyfunc.models.bundle import load_retriever
@@ -321,6 +332,8 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         save_module(retriever, retriever.config_dict(), retriever_dir)
         _mark(work, "retriever", retriever_info)
     _log(f"retriever: {retriever_info}")
+    if stop_after == "retriever":
+        return {"retriever": retriever_info}
 
     # 3. Tokenizer and the LMS + projector (selective SFT).
     tokenizer = train_tokenizer_stage(recipe, train, work)
@@ -343,6 +356,8 @@ def train_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         load_trained_weights(lms, projector, checkpoint)
     lms_info = json.loads((work / "lms.done").read_text())
     _log(f"lms: {lms_info}")
+    if stop_after == "lms":
+        return {"retriever": retriever_info, "lms": lms_info}
 
     # 4. The models directory.
     write_models_dir(recipe, out, lms, tokenizer, retriever, projector, float(retriever_info["threshold"]), intent)
