@@ -14,8 +14,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the source tree: alembic.ini, migrations/ (code, never data)
+
+
+def hyfunc_home() -> Path:
+    """Where relative paths in a config (models.dir, a SQLite file) and the default config
+    resolve: $HYFUNC_HOME, else the working directory. Never the installed package, so a wheel
+    install does not write into site-packages."""
+    return Path(os.environ.get("HYFUNC_HOME") or Path.cwd())
+
+
+def default_config_path() -> Path:
+    return hyfunc_home() / "configs" / "default.yaml"
 
 
 class ModelsConfig(BaseModel):
@@ -169,13 +179,7 @@ class HyFuncConfig(BaseModel):
         if not self.models.dir:
             return None
         path = Path(self.models.dir)
-        if not path.is_absolute() and self.source:
-            # Relative model paths are relative to the repository root, so configs/ files
-            # work from any working directory.
-            candidate = REPO_ROOT / path
-            if candidate.exists():
-                return candidate
-        return path
+        return path if path.is_absolute() else hyfunc_home() / path
 
 
 class ConfigError(ValueError):
@@ -194,8 +198,10 @@ _ENV_OVERRIDES = {
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> HyFuncConfig:
-    """Read a YAML config (default: configs/default.yaml, or $HYFUNC_CONFIG) and apply env overrides."""
-    path = path or os.environ.get("HYFUNC_CONFIG") or DEFAULT_CONFIG
+    """Read a YAML config (default: $HYFUNC_CONFIG, else configs/default.yaml under hyfunc_home(),
+    which may be absent: then the built-in defaults) and apply env overrides."""
+    default = default_config_path()
+    path = path or os.environ.get("HYFUNC_CONFIG") or default
     path = Path(path)
     data: dict[str, Any] = {}
     if path.exists():
@@ -206,7 +212,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded
-    elif path != DEFAULT_CONFIG:
+    elif path != default:
         raise ConfigError(f"config file {path} does not exist")
     for env, (section, key) in _ENV_OVERRIDES.items():
         if os.environ.get(env):

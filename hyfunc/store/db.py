@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from hyfunc.config import REPO_ROOT
+from hyfunc.config import hyfunc_home
 
 
 def normalize_url(url: str) -> str:
@@ -26,11 +26,11 @@ def normalize_url(url: str) -> str:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///"):]
         if rel and rel != ":memory:" and not rel.startswith("file:"):
-            # A relative SQLite path is relative to the repository root, like models.dir,
-            # so the CLI, API and worker started from different directories share one file.
+            # A relative SQLite path is relative to $HYFUNC_HOME (else the working directory),
+            # like models.dir: never to the installed package.
             path = Path(rel)
             if not path.is_absolute():
-                path = REPO_ROOT / path
+                path = hyfunc_home() / path
             path.parent.mkdir(parents=True, exist_ok=True)
             return f"sqlite:///{path}"
     return url
