@@ -106,7 +106,10 @@ class WorkerConfig(BaseModel):
     # claimed or written. false: each batch runs Cascade.run on its own.
     continuous_feed: bool = True
     lease_seconds: int = Field(default=300, ge=1)
-    sweep_interval: float = Field(default=30.0, gt=0)
+    # The fleet's sweep (dead workers' jobs re-queued, lost messages re-sent) runs about once per
+    # interval, in whichever worker takes the turn (worker/maintenance.py); `--beat` is optional.
+    sweep_interval: float = Field(default=10.0, gt=0)
+    sweep_in_workers: bool = True  # false: only a `--beat` process sends sweeps (the old way)
     max_attempts: int = Field(default=3, ge=1)
     concurrency: int = Field(default=1, ge=1)
     # Liveness: a worker beats every heartbeat_interval s; after heartbeat_misses missed
@@ -194,6 +197,7 @@ _ENV_OVERRIDES = {
     "HYFUNC_BROKER_URL": ("worker", "broker_url"),
     "HYFUNC_QUEUE": ("worker", "queue"),
     "HYFUNC_METRICS_TOKEN": ("api", "metrics_token"),
+    "HYFUNC_SWEEP_IN_WORKERS": ("worker", "sweep_in_workers"),
 }
 
 

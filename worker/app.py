@@ -3,9 +3,12 @@
 - `hyfunc.run_jobs` (job queue): celery-batches groups messages; one batch is claimed,
   run and written by worker.processor. Messages are acked after the batch is written,
   or rejected back to the queue when the database could not be reached for the claim.
-- `hyfunc.sweep` (control queue `<queue>.control`, sent by beat): worker.sweeper.
-- a heartbeat thread per worker process (worker.heartbeat) and the consumer gate
-  (worker.gate) that stops job consumption while the database is down.
+- `hyfunc.sweep` (control queue `<queue>.control`, sent by an optional beat): worker.sweeper,
+  in the same turns as the sweeper threads (worker.maintenance).
+- a heartbeat thread per worker process (worker.heartbeat) — prefork children beat for
+  themselves, under their own names, so a dead child's jobs are released like a dead worker's —,
+  a sweeper thread in every worker's main process (worker.maintenance: recovery needs no beat),
+  and the consumer gate (worker.gate) that stops job consumption while the database is down.
 """
 
 from __future__ import annotations
@@ -30,17 +33,26 @@ from producer.submit import submit_jobs as submit_jobs
 from worker import beat_guard as _beat_guard  # noqa: F401 - connects the embedded beat's guard
 from worker.gate import GATE, GateStep
 from worker.heartbeat import Heartbeat
+from worker.maintenance import Maintenance, SweeperThread
 
 log = logging.getLogger("hyfunc.worker")
 
 _MAIN_PID = os.getpid()
 _heartbeat: Heartbeat | None = None
+_sweeper: SweeperThread | None = None
 
 
 def worker_name() -> str:
-    """The name a worker stamps on its jobs and beats under: host and the worker's main
-    pid (a prefork child reports its parent's, whose heartbeat covers it)."""
+    """The name a worker process stamps on its jobs and beats under: host and its pid (the
+    worker's main pid; a prefork child's own, since it beats for itself)."""
     return f"{socket.gethostname()}:{_MAIN_PID}"
+
+
+def _maintenance(config: HyFuncConfig) -> Maintenance | None:
+    """This process's sweep, taken in turns with every other worker (None: it does not beat)."""
+    if _heartbeat is None or _heartbeat.pid != os.getpid():
+        return None
+    return Maintenance(config, _heartbeat.sessions, worker_name(), _heartbeat.healthy_for)
 
 
 class JobBatches(Batches):
@@ -107,7 +119,14 @@ def _register_tasks(app: Celery, config: HyFuncConfig) -> None:
     def sweep() -> dict[str, Any]:
         from worker.sweeper import sweep as run_sweep
 
-        report = run_sweep(session_factory(config.store.url), app, config)
+        maintenance = (_sweeper.maintenance if _sweeper is not None else None) or _maintenance(config)
+        if maintenance is None:  # a process without a heartbeat (not a worker's): sweep as told
+            report = run_sweep(session_factory(config.store.url), app, config)
+        else:  # beat's sweep takes the same turn as the sweeper threads: once per interval in all
+            taken = maintenance.run_if_due()
+            if taken is None:
+                return {"skipped": "not due, or another worker took this turn"}
+            report = taken
         return {"dead_workers": report.dead_workers, "released": report.released, "sent": report.sent}
 
 
@@ -121,6 +140,11 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
                            on_database=GATE.report, reserved=lambda: _reserved(app))
     _heartbeat.beat()  # the row exists (or the gate knows the database is down) before the first message
     _heartbeat.start()
+    global _sweeper
+    maintenance = _maintenance(config)
+    if config.worker.sweep_in_workers and maintenance is not None:
+        _sweeper = SweeperThread(maintenance, tick=min(config.worker.heartbeat_interval, config.worker.sweep_interval))
+        _sweeper.start()
 
 
 def _reserved(app: Celery | None) -> int:
@@ -133,7 +157,15 @@ def _reserved(app: Celery | None) -> int:
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
     if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@signals.worker_process_shutdown.connect
+def _stop_child_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None and _heartbeat.pid == os.getpid():
         _heartbeat.stop()
 
 
@@ -144,4 +176,13 @@ def _load_models_in_child(**_: Any) -> None:
 
     from worker.runner import get_runner
 
-    get_runner(getattr(current_app, "hyfunc_config", None) or load_config())
+    config: HyFuncConfig = getattr(current_app, "hyfunc_config", None) or load_config()
+    # The child claims jobs under its own name and beats for itself: if it dies (OOM, a crash)
+    # while its parent lives, its jobs are released within seconds, not after the lease.
+    global _MAIN_PID, _heartbeat, _sweeper
+    _MAIN_PID = os.getpid()
+    _sweeper = None  # the parent's thread did not survive the fork; the parent sweeps
+    _heartbeat = Heartbeat(config.store.url, worker_name(), config.worker.queue, config.worker.heartbeat_interval)
+    _heartbeat.beat()
+    _heartbeat.start()
+    get_runner(config)

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -43,6 +44,7 @@ class Heartbeat(threading.Thread):
         self.on_database = on_database
         self.reserved = reserved or (lambda: 0)
         self.database_ok: bool | None = None
+        self.ok_since: float | None = None  # monotonic time of the first beat of the current run of good ones
         self._stop_event = threading.Event()
 
     def beat(self) -> bool:
@@ -61,7 +63,13 @@ class Heartbeat(threading.Thread):
         self._set(True)
         return True
 
+    def healthy_for(self) -> float:
+        """Seconds this process's beats have been landing without a failure (0 if the last failed)."""
+        return time.monotonic() - self.ok_since if self.database_ok and self.ok_since is not None else 0.0
+
     def _set(self, ok: bool) -> None:
+        if ok and not self.database_ok:
+            self.ok_since = time.monotonic()
         self.database_ok = ok
         if self.on_database is not None:
             self.on_database(ok)

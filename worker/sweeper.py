@@ -1,4 +1,6 @@
-"""The sweeper: what beat runs every worker.sweep_interval on the control queue.
+"""The sweeper, run about once per worker.sweep_interval fleet-wide: by every worker's sweeper
+thread (worker/maintenance.py; whoever takes the turn) and, where one runs, by beat's task on the
+control queue (the same turn, so never twice per interval).
 
 1. workers whose heartbeat is older than heartbeat_misses x heartbeat_interval are marked
    dead and their running jobs go back to queued (within seconds, not after the lease);
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -33,12 +36,17 @@ class SweepReport:
     broker_depth: int | None = None
 
 
-def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig) -> SweepReport:
+def sweep(factory: sessionmaker[Session], celery: Celery, config: HyFuncConfig, *, exclude: Sequence[str] = (),
+          judge_workers: bool = True) -> SweepReport:
+    """``exclude``: workers never marked dead here (the sweeping one). ``judge_workers=False``
+    skips the dead-worker step: the sweeping process has not seen the database for long enough to
+    tell a dead worker from one whose beats could not land either (just after an outage)."""
     wc = config.worker
     stale_after = wc.heartbeat_interval * wc.heartbeat_misses
     report = SweepReport()
     with transaction(factory) as session:
-        report.dead_workers = mark_dead(session, stale_after_seconds=stale_after)
+        report.dead_workers = mark_dead(session, stale_after_seconds=stale_after, exclude=exclude) \
+            if judge_workers else []
         released = set(release_jobs_of(session, report.dead_workers))
         report.released = len(released)
         # Messages live workers hold unclaimed (their prefetch buffers, as of their last

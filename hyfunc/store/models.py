@@ -230,6 +230,18 @@ class Worker(Base):
     reserved: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class MaintenanceLock(Base):
+    """One row per fleet-wide periodic task (the sweep). Every worker may run it: whoever moves
+    ``due_at`` forward with a conditional UPDATE (only while it is past) runs it this time, so
+    it runs about once per interval with no process dedicated to it (hyfunc.store.workers.take_turn)."""
+
+    __tablename__ = "maintenance_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256), default="")  # the worker that took the last turn
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Counter(Base):
     """Incremental counters for /metrics (jobs per status, latency and batch-size buckets),
     bumped in the same transaction as the status changes they count, so a scrape reads a

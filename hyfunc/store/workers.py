@@ -4,13 +4,15 @@ marks workers whose beat is too old dead (and releases their jobs, hyfunc.store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hyfunc.store.models import Worker, utcnow
+from hyfunc.store.models import MaintenanceLock, Worker, utcnow
 from hyfunc.store.status import WORKER_ALIVE, WORKER_DEAD, WORKER_STOPPED
 
 # Rows of workers gone for longer than this are deleted, so the table stays small.
@@ -47,15 +49,14 @@ def mark_stopped(session: Session, name: str) -> None:
     session.execute(update(Worker).where(Worker.name == name).values(status=WORKER_STOPPED, last_heartbeat=utcnow()))
 
 
-def mark_dead(session: Session, *, stale_after_seconds: float) -> list[str]:
-    """Workers still marked alive whose last beat is older than stale_after_seconds."""
+def mark_dead(session: Session, *, stale_after_seconds: float, exclude: Sequence[str] = ()) -> list[str]:
+    """Workers still marked alive whose last beat is older than stale_after_seconds (never the
+    ones in ``exclude``: the sweeping worker itself, which knows it is alive)."""
     now = utcnow()
-    names = list(session.scalars(
-        update(Worker)
-        .where(Worker.status == WORKER_ALIVE, Worker.last_heartbeat < now - timedelta(seconds=stale_after_seconds))
-        .values(status=WORKER_DEAD)
-        .returning(Worker.name)
-    ))
+    stale = and_(Worker.status == WORKER_ALIVE, Worker.last_heartbeat < now - timedelta(seconds=stale_after_seconds))
+    if exclude:
+        stale = and_(stale, Worker.name.not_in(list(exclude)))
+    names = list(session.scalars(update(Worker).where(stale).values(status=WORKER_DEAD).returning(Worker.name)))
     session.execute(delete(Worker).where(Worker.status != WORKER_ALIVE, Worker.last_heartbeat < now - FORGET_AFTER))
     return names
 
@@ -69,3 +70,24 @@ def live_workers(session: Session, *, stale_after_seconds: float) -> list[Worker
     )
     return [WorkerInfo(r.name, r.host, r.pid, r.queue, r.started_at, r.last_heartbeat, r.status, r.reserved)
             for r in rows]
+
+
+def take_turn(session: Session, task: str, holder: str, every_seconds: float) -> bool:
+    """Whether ``holder`` runs the fleet-wide ``task`` now: True for exactly one caller per
+    ``every_seconds`` — the one whose conditional UPDATE moved the due time forward (atomic on
+    PostgreSQL and SQLite alike, so every worker may ask and no beat process is needed)."""
+    now = utcnow()
+    taken = session.execute(
+        update(MaintenanceLock).where(MaintenanceLock.name == task, MaintenanceLock.due_at <= now)
+        .values(holder=holder, due_at=now + timedelta(seconds=every_seconds))
+    )
+    if taken.rowcount == 1:
+        return True
+    if session.get(MaintenanceLock, task) is not None:
+        return False
+    try:  # no row for this task yet (the migration seeds "sweep" only): the first insert wins
+        with session.begin_nested():
+            session.add(MaintenanceLock(name=task, holder=holder, due_at=now + timedelta(seconds=every_seconds)))
+    except IntegrityError:
+        return False
+    return True

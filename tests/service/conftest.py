@@ -234,7 +234,11 @@ def write_config(path: Path, **sections: dict[str, Any]) -> tuple[HyFuncConfig, 
 class WorkerProcess:
     def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None, beat: bool = False):
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{Path(__file__).parent}", "HYFUNC_WORKER_RUNNER": RUNNER, **(env or {})}
+        # Workers sweep the store they use (worker/maintenance.py); the session's database is shared
+        # by every module, each with its own queue, and a sweeper would send other modules' queued
+        # jobs into its own queue. Tests of the sweep turn it on (with a database of their own).
+        full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{Path(__file__).parent}", "HYFUNC_WORKER_RUNNER": RUNNER,
+                    "HYFUNC_SWEEP_IN_WORKERS": "false", **(env or {})}
         for key in ("HYFUNC_DATABASE_URL", "HYFUNC_BROKER_URL", "HYFUNC_QUEUE", "HYFUNC_MODELS_DIR"):
             full_env.pop(key, None)  # the test's config file is the only source
         cmd = [sys.executable, "-m", "hyfunc.cli", "worker", "--config", str(config_path), "--loglevel", "info",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from hyfunc.config import HyFuncConfig
 from hyfunc.schema import CallRequest, CallResult
@@ -30,13 +31,17 @@ class FaultInjectingCascade:
     def model_versions(self) -> dict[str, str]:
         return self.cascade.model_versions
 
-    def run(self, requests: list[CallRequest]) -> list[CallResult]:
+    @property
+    def streams_results(self) -> bool:
+        return bool(getattr(self.cascade, "streams_results", False))
+
+    def run(self, requests: list[CallRequest], **streaming: Any) -> list[CallResult]:
         poisoned = [r.id for r in requests if POISON_MARK in r.query]
         if poisoned:
             raise RuntimeError(f"poison job in batch: {poisoned}")
         if self.delay:
             time.sleep(self.delay)
-        return self.cascade.run(requests)
+        return self.cascade.run(requests, **streaming)
 
 
 def fault_injecting_cascade(config: HyFuncConfig) -> FaultInjectingCascade:

@@ -18,7 +18,8 @@ from hyfunc.store.models import Base
 
 pytestmark = pytest.mark.service
 
-TABLES = {"tenants", "api_keys", "toolsets", "replays", "jobs", "feedback", "workers", "counters"}
+TABLES = {"tenants", "api_keys", "toolsets", "replays", "jobs", "feedback", "workers", "counters",
+          "maintenance_locks"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
