@@ -153,8 +153,32 @@ def _named_dirs(values: list[str]) -> dict[str, str]:
     return out
 
 
+def cmd_bench_backends(args: argparse.Namespace) -> int:
+    """`hyfunc bench backends`: its own run (two LMS engines), outside `bench all`."""
+    from hyfunc.bench.backends import run_backends_bench
+    from hyfunc.bench.report import default_out_dir
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else default_out_dir()
+    models = Path(args.demo_models or "models/demo")
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    run_backends_bench(
+        models, out, device=args.device, dtype=dtype, jobs=args.throughput_jobs, same_n=args.same_n,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print((out / "backends.md").read_text())
+    print(f"written: {out / 'backends.json'}, {out / 'backends.md'}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from hyfunc.bench.suite import KINDS, BenchOptions, run_bench
+
+    if args.kind == "backends":
+        return cmd_bench_backends(args)
 
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     options = BenchOptions(
@@ -222,7 +246,7 @@ def add_eval_commands(sub) -> None:
     retrieval.set_defaults(func=cmd_eval_retrieval)
 
     bench = sub.add_parser("bench", help="benchmarks: the cascade against its baselines (JSON + Markdown report)")
-    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "constraints", "pretrained", "all"])
+    bench.add_argument("kind", choices=["latency", "throughput", "tokens", "service", "memory", "constraints", "pretrained", "backends", "all"])
     bench.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                        help="default bfloat16 on cuda, float32 on cpu")
@@ -234,6 +258,8 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--demo-n", type=int, default=32, help="demo held-out inputs (default 32)")
     bench.add_argument("--tokens-limit", type=int, default=0, help="BFCL examples per category for tokens (0 = all)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
+    bench.add_argument("--same-n", type=int, default=400,
+                       help="bench backends: demo held-out jobs for the same-calls check (default 400; 0: skip)")
     bench.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR",
                        help="bench constraints: another vocabulary to measure (repeatable)")
     bench.add_argument("--base", default="smollm2-135m-instruct",

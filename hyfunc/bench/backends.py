@@ -1,0 +1,254 @@
+"""`hyfunc bench backends`: the LMS backends side by side, same models, same jobs.
+
+Three ways to turn the demo held-out jobs into calls with the same LMS weights:
+
+- ``transformers``: the cascade with our decoder (scheduler / runner / sampler; injected chunks
+  appended in one pass; radix prefix cache);
+- ``vllm``: the cascade with the vLLM backend (``hyfunc/backends/vllm_lms.py``: one request per job,
+  the template program as a logits processor, vLLM's automatic prefix cache);
+- ``vllm-structured``: what a user would pick instead — plain vLLM structured output: the LMS
+  prompt with every tool of the request (no retriever, no soft token), the whole answer generated
+  as JSON under a schema of the tools' calls (``StructuredOutputsParams(json=...)``), no templating.
+
+Both cascades share the transformers LML, retriever and projector, so any difference between
+them is the LMS backend's. Reported per mode and batch size: jobs/s, p50/p95 of a job's latency
+(its batch's wall time, the same measure for all three), tokens generated and injected per job,
+LMS forward passes (batched passes for ours, engine steps for vLLM), exact match against the gold
+calls. Plus the same-calls check: every demo held-out job through both cascades, each difference
+listed (``--same-n``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hyfunc.bench.report import machine_info
+from hyfunc.bench.stats import percentile, r
+
+MODES = ("transformers", "vllm", "vllm-structured")
+
+
+def _calls(result) -> list[dict[str, Any]]:
+    return [c.model_dump() for c in result.calls]
+
+
+def load_cascades(models_dir: Path, device: str, dtype: str, index_dir: Path, batch_size: int):
+    """(transformers cascade, vLLM cascade): one bundle, the LMS served twice."""
+    from hyfunc.cascade.engine import Cascade
+    from hyfunc.config import CascadeConfig, ModelsConfig
+    from hyfunc.models.bundle import ModelBundle
+
+    bundle = ModelBundle.load(models_dir, device=device, dtype=dtype)
+    config = CascadeConfig(batch_size=batch_size)
+    hf = Cascade(bundle, config, index_dir, models=ModelsConfig(dir=str(models_dir), device=device, dtype=dtype))
+    vl = Cascade(
+        bundle, config, index_dir, models=ModelsConfig(dir=str(models_dir), device=device, dtype=dtype, lms_backend="vllm")
+    )
+    return hf, vl
+
+
+def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every example through both cascades (batches of ``batch_size``); the differences listed."""
+    from hyfunc.schema import CallRequest
+
+    differences = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        requests = [CallRequest(id=str(start + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)]
+        a, b = hf.run(requests), vl.run(requests)
+        for ex, x, y in zip(chunk, a, b, strict=True):
+            if (_calls(x), x.error) != (_calls(y), y.error):
+                differences.append(
+                    {
+                        "query": ex.query,
+                        "transformers": {"calls": _calls(x), "error": x.error},
+                        "vllm": {"calls": _calls(y), "error": y.error},
+                        "generated": [x.tokens.generated, y.tokens.generated],
+                    }
+                )
+        log(f"same calls: {start + len(chunk)}/{len(examples)} jobs, {len(differences)} differ")
+    n = len(examples)
+    return {"jobs": n, "same": n - len(differences), "agreement": r((n - len(differences)) / n, 4) if n else None,
+            "differences": differences}
+
+
+def _cascade_mode(cascade, examples, batch_size: int) -> dict[str, Any]:
+    from hyfunc.eval.scoring import calls_match
+    from hyfunc.schema import CallRequest
+
+    latencies, generated, injected, exact = [], 0, 0, 0
+    passes_before = cascade.decoder.forward_passes
+    start = time.perf_counter()
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s : s + batch_size]
+        t0 = time.perf_counter()
+        results = cascade.run([CallRequest(id=str(s + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)])
+        wall = (time.perf_counter() - t0) * 1000
+        for ex, res in zip(chunk, results, strict=True):
+            latencies.append(wall)
+            generated += res.tokens.generated
+            injected += res.tokens.injected
+            exact += res.error is None and calls_match(res.calls, ex.answers)
+    total = time.perf_counter() - start
+    return _row(len(examples), total, latencies, generated, injected, cascade.decoder.forward_passes - passes_before, exact)
+
+
+def _row(n: int, total: float, latencies: list[float], generated: int, injected: int, passes: int, exact: int) -> dict[str, Any]:
+    return {
+        "jobs": n,
+        "jobs_per_s": r(n / total, 2),
+        "p50_ms": r(percentile(latencies, 50), 1),
+        "p95_ms": r(percentile(latencies, 95), 1),
+        "generated_per_job": r(generated / n, 1),
+        "injected_per_job": r(injected / n, 1),
+        "lms_passes": passes,
+        "exact_match": r(exact / n, 3),
+    }
+
+
+def calls_schema(tools, max_calls: int) -> dict[str, Any]:
+    """JSON Schema of an answer: a list of calls, each one of the tools with its parameters."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": tool.function.parameters.to_json()},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    return {"type": "array", "items": {"anyOf": options}, "minItems": 1, "maxItems": max_calls}
+
+
+def _structured_mode(vl, examples, batch_size: int) -> dict[str, Any]:
+    """Plain vLLM structured output on the same engine and weights: no retriever, no soft token,
+    no templating — every answer token generated under the calls' JSON schema."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from hyfunc.cascade.prompts import lms_job_prompt, lms_shared_prefix
+    from hyfunc.eval.scoring import calls_match
+    from hyfunc.schema import Call
+
+    backend = vl.decoder
+    tokenizer = vl.bundle.lms_tokenizer
+    prefix = lms_shared_prefix(tokenizer)
+    latencies, generated, exact, passes = [], 0, 0, 0
+    start = time.perf_counter()
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s : s + batch_size]
+        prompts, params = [], []
+        for ex in chunk:
+            text = prefix + lms_job_prompt(ex.query, ex.tools, 0, tokenizer=tokenizer)
+            prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+            params.append(
+                SamplingParams(
+                    temperature=0.0,
+                    max_tokens=256,
+                    # Compact JSON: without this the grammar lets whitespace run on to max_tokens.
+                    structured_outputs=StructuredOutputsParams(
+                        json=calls_schema(ex.tools, vl.config.max_calls), disable_any_whitespace=True
+                    ),
+                    skip_special_tokens=True,
+                )
+            )
+        t0 = time.perf_counter()
+        outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+        wall = (time.perf_counter() - t0) * 1000
+        passes += max(len(out.outputs[0].token_ids) for out in outputs)  # static batch: steps = longest answer
+        for ex, out in zip(chunk, outputs, strict=True):
+            latencies.append(wall)
+            completion = out.outputs[0]
+            generated += len(completion.token_ids)
+            try:
+                calls = [Call(name=c["name"], arguments=c["arguments"]) for c in json.loads(completion.text)]
+            except (ValueError, KeyError, TypeError):
+                calls = None
+            exact += calls is not None and calls_match(calls, ex.answers)
+    total = time.perf_counter() - start
+    return _row(len(examples), total, latencies, generated, 0, passes, exact)
+
+
+def run_backends_bench(
+    models_dir: Path,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    jobs: int = 64,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    same_n: int = 400,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    from hyfunc.data.demo_task import generate_demo_examples
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    hf, vl = load_cascades(models_dir, device, dtype, out_dir / "index", max(batch_sizes))
+    log(f"loaded both cascades in {time.perf_counter() - t:.0f} s")
+    report: dict[str, Any] = {
+        "kind": "backends",
+        "machine": machine_info(device),
+        "models": str(models_dir),
+        "dtype": dtype,
+        "lms_versions": hf.model_versions,
+    }
+    examples = generate_demo_examples("heldout", max(jobs, same_n), 1)
+    warm = examples[:4]
+    _cascade_mode(hf, warm, 4)  # shared prefix, index, first-call costs outside the timings
+    _cascade_mode(vl, warm, 4)
+    _structured_mode(vl, warm, 4)
+    rows = []
+    for size in batch_sizes:
+        n = jobs if size > 1 else min(jobs, 16)
+        for mode in MODES:
+            log(f"{mode}, batch {size}: {n} jobs")
+            if mode == "vllm-structured":
+                row = _structured_mode(vl, examples[:n], size)
+            else:
+                row = _cascade_mode(hf if mode == "transformers" else vl, examples[:n], size)
+            rows.append({"mode": mode, "batch": size, **row})
+    report["rows"] = rows
+    by = {(row["mode"], row["batch"]): row for row in rows}
+    big = max(batch_sizes)
+    if by[("vllm-structured", big)]["jobs_per_s"]:
+        report["cascade_vs_structured_at_batch"] = {
+            "batch": big,
+            "vllm_backend": r(by[("vllm", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
+            "transformers_backend": r(by[("transformers", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
+        }
+    if same_n:
+        report["same_calls"] = same_calls(hf, vl, examples[:same_n], big, log)
+    (out_dir / "backends.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "backends.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# hyfunc bench backends",
+        "",
+        f"Models: `{report['models']}` ({report['dtype']}); machine: {report['machine'].get('cpu', report['machine'])}.",
+        "",
+        "| mode | batch | jobs | jobs/s | p50 ms | p95 ms | generated/job | injected/job | LMS passes | exact match |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['mode']} | {row['batch']} | {row['jobs']} | {row['jobs_per_s']} | {row['p50_ms']} | {row['p95_ms']} | "
+            f"{row['generated_per_job']} | {row['injected_per_job']} | {row['lms_passes']} | {row['exact_match']} |"
+        )
+    ratio = report.get("cascade_vs_structured_at_batch")
+    if ratio:
+        lines += ["", f"Templated cascade vs plain vLLM structured output at batch {ratio['batch']}: "
+                  f"vLLM backend {ratio['vllm_backend']}x, transformers backend {ratio['transformers_backend']}x (jobs/s)."]
+    same = report.get("same_calls")
+    if same:
+        lines += ["", f"Same calls, vLLM vs transformers backend: {same['same']}/{same['jobs']} ({same['agreement']})."]
+        for d in same["differences"]:
+            lines.append(f"- `{d['query']}`: transformers {json.dumps(d['transformers'])} / vLLM {json.dumps(d['vllm'])}")
+    return "\n".join(lines) + "\n"
