@@ -108,7 +108,7 @@ class Recipe:
     retriever_tower: str = "mlp"
     projector_hidden: int = 256
     top_k: int = 3
-    augment: float = 1.0  # value-randomised copies per training example (see training/augment.py)
+    augment: float = 1.0  # value-randomised copies per training example (see hyfunc/data/augment.py)
     lms: LMSTrainConfig = field(default_factory=LMSTrainConfig)
     device: str = "cpu"
 
