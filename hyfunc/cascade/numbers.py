@@ -56,10 +56,6 @@ def number_state(text: str, integer: bool) -> int:
     return state
 
 
-def is_number_prefix(text: str, integer: bool) -> bool:
-    return number_state(text, integer) != _DEAD
-
-
 def is_complete_number(text: str, integer: bool) -> bool:
     return number_state(text, integer) in _ACCEPTING
 

@@ -8,7 +8,6 @@ calibrates the relevance threshold on held-out data that includes queries no too
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -16,16 +15,6 @@ from tqdm import tqdm
 from hyfunc.data.loaders import Example
 from hyfunc.models.retriever import Retriever, RetrieverConfig, info_nce_loss
 from hyfunc.training.embed import EmbeddingCache, query_vectors, tool_vectors
-
-
-@dataclass
-class RetrieverReport:
-    recall_at_1: float
-    recall_at_k: float
-    k: int
-    threshold: float
-    gate_accuracy: float  # call vs no-call decided by the threshold, on held-out
-    final_loss: float
 
 
 def _pairs(examples: list[Example]) -> list[tuple[int, int]]:
