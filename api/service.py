@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import AppState
 from api.errors import ApiError
+from hyfunc.jsonl import jsonl_text_records
 from hyfunc.store.jobs import NewJob
 from hyfunc.store.submissions import validate_batch, validate_item
 from producer import submit_jobs
@@ -30,15 +31,10 @@ def submit(state: AppState, session: Session, tenant_id: int, new_jobs: Sequence
 
 def parse_jsonl(text: str) -> list[Any]:
     items = []
-    # Only "\n" ends a line: str.splitlines would also split on U+2028 and other
-    # separators that JSON strings may legally hold raw.
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ApiError(400, f"malformed JSON on line {n}: {err}") from None
+    for n, value in jsonl_text_records(text):  # lines end at "\n" only (U+2028 may sit in a string)
+        if isinstance(value, json.JSONDecodeError):
+            raise ApiError(400, f"malformed JSON on line {n}: {value}")
+        items.append(value)
     return items
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from hyfunc.bench.stats import percentile
 from hyfunc.cli.errors import CliError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,34 +27,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def read_requests(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield (line number, parsed request or None, error) for each non-blank line."""
+    from hyfunc.jsonl import jsonl_records
     from hyfunc.schema import RequestError, parse_request
 
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield number, None, f"line {number}: not valid JSON: {err.msg} (column {err.colno})"
-                continue
-            try:
-                request = parse_request(data)
-            except RequestError as err:
-                yield number, None, f"line {number}: {err}"
-                continue
-            if request.id is None:
-                request.id = f"line-{number}"
-            yield number, request, None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    for number, data in jsonl_records(path):
+        if isinstance(data, json.JSONDecodeError):
+            yield number, None, f"line {number}: not valid JSON: {data.msg} (column {data.colno})"
+            continue
+        try:
+            request = parse_request(data)
+        except RequestError as err:
+            yield number, None, f"line {number}: {err}"
+            continue
+        if request.id is None:
+            request.id = f"line-{number}"
+        yield number, request, None
 
 
 def summarize(results: list[dict[str, Any]], console_file: TextIO) -> dict[str, Any]:
@@ -79,7 +67,7 @@ def summarize(results: list[dict[str, Any]], console_file: TextIO) -> dict[str, 
 
     for stage in CASCADE_STAGES:
         values = [r["timings_ms"][stage] for r in ok if "timings_ms" in r]
-        p50, p95 = _percentile(values, 0.5), _percentile(values, 0.95)
+        p50, p95 = percentile(values, 50), percentile(values, 95)
         summary[f"{stage}_ms_p50"], summary[f"{stage}_ms_p95"] = p50, p95
         table.add_row(f"{stage} ms p50 / p95", f"{p50:.1f} / {p95:.1f}")
     console.print(table)

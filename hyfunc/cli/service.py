@@ -42,13 +42,12 @@ def _when(text: str | None) -> datetime | None:
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SystemExit(f"hyfunc: error: {path}:{number}: malformed JSON: {err}") from None
+    from hyfunc.jsonl import jsonl_records
+
+    for number, value in jsonl_records(path):
+        if isinstance(value, json.JSONDecodeError):
+            raise SystemExit(f"hyfunc: error: {path}:{number}: malformed JSON: {value}")
+        yield number, value
 
 
 def _open_out(path: str | None) -> Any:

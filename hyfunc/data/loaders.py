@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from hyfunc.jsonl import jsonl_records
 from hyfunc.schema import Call, Tool, describe_validation_error, validate_call
 
 
@@ -105,14 +106,8 @@ def _read_records(path: Path) -> tuple[Iterator[tuple[int, Any]], int | None]:
         return iter(enumerate(data)), len(data)
 
     def lines() -> Iterator[tuple[int, Any]]:
-        with path.open("r", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield number, RecordError(f"invalid JSON: {err}")
+        for number, value in jsonl_records(path):
+            yield number, RecordError(f"invalid JSON: {value}") if isinstance(value, json.JSONDecodeError) else value
 
     return lines(), None
 

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hyfunc.data.loaders import Example, LoadReport, RecordError
+from hyfunc.jsonl import jsonl_records
 from hyfunc.schema import Call, Tool, describe_validation_error, validate_call
 
 SEAL_URL = "https://github.com/fairyshine/Seal-Tools"
@@ -135,13 +136,8 @@ class SealLibrary:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield number, RecordError(f"invalid JSON: {err}")
+    for number, value in jsonl_records(path):
+        yield number, RecordError(f"invalid JSON: {value}") if isinstance(value, json.JSONDecodeError) else value
 
 
 def load_seal_library(directory: Path) -> SealLibrary:

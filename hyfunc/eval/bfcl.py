@@ -30,6 +30,7 @@ from typing import Any
 
 from hyfunc.eval.batches import run_examples
 from hyfunc.eval.errors import error_table
+from hyfunc.jsonl import jsonl_records
 from hyfunc.schema import CallResult
 
 _ALIASES = {"simple": "simple_python", "java": "simple_java", "javascript": "simple_javascript"}
@@ -91,10 +92,10 @@ def _raw_records(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
     def read(path: Path) -> dict[str, Any]:
         out = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    out[str(rec["id"])] = rec
+            for number, rec in jsonl_records(path):
+                if isinstance(rec, json.JSONDecodeError):
+                    raise ValueError(f"{path}:{number}: not valid JSON: {rec}")
+                out[str(rec["id"])] = rec
         return out
 
     return read(data / f"BFCL_v4_{stem}.json"), read(data / "possible_answer" / f"BFCL_v4_{stem}.json")
