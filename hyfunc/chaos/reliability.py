@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.bench.procs import free_port, stop_group
-from hyfunc.bench.stats import percentile
 from hyfunc.chaos.audit import AUDIT_SQL
 
 ROOT = Path(__file__).resolve().parents[2]
