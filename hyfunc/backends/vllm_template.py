@@ -13,7 +13,12 @@ last (``ProgramCursor``) and then leaves one choice in that request's logits row
 - at a decision, only the allowed tokens, plus the retriever's log-prior on the first function
   name (the same ``logits + bias`` argmax as ``BatchSampler``); free strings get their vocabulary
   mask; copy spans are ordinary allowed sets of the per-job program;
-- once the program has ended (or failed), only the stop token, so the request finishes.
+- once the program has ended (or failed), only the stop token, so the request finishes;
+- with jump-forward on, also the stop token where the program injects two or more tokens before
+  its next decision: the request ends there and the backend submits the next one with the
+  injection appended to its prompt (one prefill, mostly from the prefix cache, instead of one
+  step per injected token). Such a request brings the answer so far (``answer``), which its
+  program is fast-forwarded through first.
 
 Greedy decoding (``temperature=0``) then takes the argmax of the row, ties to the lowest id, as
 our sampler does. This is the V1 model runner's logits-processor interface
@@ -41,9 +46,14 @@ def program_args(
     prior: list[float] | None,
     limits: MachineLimits,
     budgets: Budgets,
+    answer: list[int] | None = None,
+    jump: bool = False,
 ) -> dict[str, Any]:
-    """A job's program spec as plain data (what ``extra_args`` can carry to the engine process)."""
+    """A job's program spec as plain data (what ``extra_args`` can carry to the engine process):
+    ``answer``, the answer tokens already in the prompt; ``jump``, stop before injections."""
     return {
+        "answer": list(answer or []),
+        "jump": jump,
         "tools": [tool.to_json() for tool in tools],
         "source": source,
         "prior": prior,
@@ -55,9 +65,10 @@ def program_args(
 class RowConstraint:
     """One request's program, applied to its logits row each step."""
 
-    def __init__(self, cursor: ProgramCursor, stop_id: int, masks: dict[int, torch.Tensor]):
+    def __init__(self, cursor: ProgramCursor, stop_id: int, masks: dict[int, torch.Tensor], jump: bool = False):
         self.cursor = cursor
         self.stop_id = stop_id
+        self.jump = jump
         self.seen = 0  # output tokens already fed to the cursor
         self._masks = masks  # the processor's device copies of the machine's vocabulary masks
 
@@ -70,6 +81,8 @@ class RowConstraint:
         token = cursor.next_forced()
         if token is None and cursor.done:
             token = self.stop_id
+        elif self.jump and not cursor.done and len(cursor.forced) >= 2:
+            token = self.stop_id  # hand the injection back: the next request carries it in its prompt
         if token is not None:
             logits.fill_(float("-inf"))
             logits[token] = 0.0
@@ -141,7 +154,10 @@ class TemplateLogitsProcessor(AdapterLogitsProcessor):
         except Exception as err:  # noqa: BLE001 - the job fails alone (ours reports the same error)
             program = _failing(err)
         cursor = ProgramCursor(program, Budgets(**spec["budgets"]), machine.encode(CALL_OPEN)[0])
-        return RowConstraint(cursor, machine.encode(machine.end_text)[0], self._masks)
+        for token in spec.get("answer", ()):  # the answer so far is in the prompt: fast-forward
+            if not cursor.finished:
+                cursor.accept(token)
+        return RowConstraint(cursor, machine.encode(machine.end_text)[0], self._masks, bool(spec.get("jump")))
 
 
 def _failing(err: Exception):

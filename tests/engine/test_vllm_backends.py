@@ -169,3 +169,28 @@ def test_lms_session_rows_and_cancel(cascades):
         done.update(session.step())
     assert list(done) == [1]
     assert done[1].calls == reference[1].calls
+
+
+def test_lms_jump_forward_same_calls_fewer_steps(cascades):
+    """Injections handed back to the prompt (a chain of requests per job) or emitted one token per
+    step: the same answers, and fewer engine steps with jump-forward."""
+    _, vl = cascades
+    backend = vl.decoder
+    assert backend.jump_forward
+    reqs = _requests()
+    before = backend.forward_passes
+    jumped = vl.run(reqs)
+    jump_steps = backend.forward_passes - before
+    backend.jump_forward = False
+    try:
+        before = backend.forward_passes
+        plain = vl.run(reqs)
+        plain_steps = backend.forward_passes - before
+    finally:
+        backend.jump_forward = True
+    assert [_answer(r) for r in jumped] == [_answer(r) for r in plain]
+    assert [(r.tokens.generated, r.tokens.injected) for r in jumped] == [(r.tokens.generated, r.tokens.injected) for r in plain]
+    assert jump_steps < plain_steps
+    for r in plain:
+        if r.calls:  # one emitted token per step: every decision and every injected token after the prompt
+            assert r.forward_passes.lms == r.tokens.generated + r.tokens.injected
