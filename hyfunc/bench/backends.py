@@ -4,8 +4,10 @@ Three ways to turn the demo held-out jobs into calls with the same LMS weights:
 
 - ``transformers``: the cascade with our decoder (scheduler / runner / sampler; injected chunks
   appended in one pass; radix prefix cache);
-- ``vllm``: the cascade with the vLLM backend (``hyfunc/backends/vllm_lms.py``: one request per job,
-  the template program as a logits processor, vLLM's automatic prefix cache);
+- ``vllm``: the cascade with the vLLM backend (``hyfunc/backends/vllm_lms.py``: one request chain per
+  job, the template program as a logits processor, vLLM's automatic prefix cache, injections
+  handed back into the next request's prompt); ``vllm-no-jump``: the same with every injected
+  token emitted in a step of its own (one request per job);
 - ``vllm-structured``: what a user would pick instead — plain vLLM structured output: the LMS
   prompt with every tool of the request (no retriever, no soft token), the whole answer generated
   as JSON under a schema of the tools' calls (``StructuredOutputsParams(json=...)``), no templating.
@@ -29,7 +31,7 @@ from typing import Any
 from hyfunc.bench.report import machine_info
 from hyfunc.bench.stats import percentile, r
 
-MODES = ("transformers", "vllm", "vllm-structured")
+MODES = ("transformers", "vllm", "vllm-no-jump", "vllm-structured")
 
 
 def _calls(result) -> list[dict[str, Any]]:
@@ -209,6 +211,12 @@ def run_backends_bench(
             log(f"{mode}, batch {size}: {n} jobs")
             if mode == "vllm-structured":
                 row = _structured_mode(vl, examples[:n], size)
+            elif mode == "vllm-no-jump":
+                vl.decoder.jump_forward = False
+                try:
+                    row = _cascade_mode(vl, examples[:n], size)
+                finally:
+                    vl.decoder.jump_forward = True
             else:
                 row = _cascade_mode(hf if mode == "transformers" else vl, examples[:n], size)
             rows.append({"mode": mode, "batch": size, **row})
