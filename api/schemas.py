@@ -191,8 +191,9 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     timings_ms: dict[str, float | None]
-    tokens: dict[str, int | None]
+    tokens: dict[str, int | None] = Field(description="every counter of hyfunc.stages.TOKEN_COUNTERS")
     forward_passes: dict[str, int | None]
+    warnings: list[str] = Field(default_factory=list, description="schema changes the request was run with")
 
 
 class JobList(BaseModel):

@@ -303,7 +303,7 @@ class Candidate(BaseModel):
 
 class StageTimings(BaseModel):
     # Milliseconds of the job's wall time inside the cascade, per stage; they add up to total
-    # (see hyfunc.stages: lms_wait, program and sample are the decoder's, in results only).
+    # (the fields are hyfunc.stages.CASCADE_STAGES, each a timing column of the jobs table).
     lml: float = 0.0
     retrieve: float = 0.0
     lms_prefill: float = 0.0
@@ -315,6 +315,7 @@ class StageTimings(BaseModel):
 
 
 class TokenCounts(BaseModel):
+    # The fields are hyfunc.stages.TOKEN_COUNTERS, each a tokens_<name> column of the jobs table.
     lml_prompt: int = 0
     lms_prompt: int = 0
     injected: int = 0

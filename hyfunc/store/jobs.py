@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from hyfunc.schema import CallRequest, CallResult, parse_request
-from hyfunc.stages import STAGES, timing_column
+from hyfunc.stages import STAGES, TOKEN_COUNTERS, timing_column, token_column
 from hyfunc.store import counters
 from hyfunc.store.models import Job, Toolset, utcnow
 from hyfunc.store.status import FAILED, QUEUED, RUNNING, SUCCEEDED
@@ -259,16 +259,14 @@ def finish_job(
         finished_at=now,
         lease_expires_at=None,
         queue_wait_ms=_ms_between(job.created_at, job.started_at),
-        tokens_lml_prompt=tok.lml_prompt,
-        tokens_lms_prompt=tok.lms_prompt,
-        tokens_injected=tok.injected,
-        tokens_generated=tok.generated,
-        tokens_shared_prefix=tok.shared_prefix,
+        warnings=list(result.warnings),
         passes_lml=passes.lml,
         passes_lms=passes.lms,
     )
     for stage in STAGES[1:]:  # the cascade's stages; queue_wait is the store's own
         values[timing_column(stage)] = getattr(t, stage)
+    for counter in TOKEN_COUNTERS:
+        values[token_column(counter)] = getattr(tok, counter)
     res = session.execute(update(Job).where(_owned(job.id, batch_id)).values(**values))
     if res.rowcount != 1:
         return False
@@ -402,13 +400,8 @@ def job_to_dict(job: Job, *, tools: list[dict[str, Any]] | None = None) -> dict[
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "timings_ms": {stage: getattr(job, timing_column(stage)) for stage in STAGES},
-        "tokens": {
-            "lml_prompt": job.tokens_lml_prompt,
-            "lms_prompt": job.tokens_lms_prompt,
-            "injected": job.tokens_injected,
-            "generated": job.tokens_generated,
-            "shared_prefix": job.tokens_shared_prefix,
-        },
+        "tokens": {counter: getattr(job, token_column(counter)) for counter in TOKEN_COUNTERS},
+        "warnings": job.warnings or [],
         "forward_passes": {"lml": job.passes_lml, "lms": job.passes_lms},
     }
     if job.toolset is not None:

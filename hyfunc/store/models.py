@@ -166,6 +166,7 @@ class Job(Base):
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(), index=True)
     batch_size: Mapped[int | None] = mapped_column(Integer)
     model_versions: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)  # schema changes the request was run with (0005)
     replay_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     replay_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("replays.id"), index=True)
 
@@ -190,6 +191,8 @@ class Job(Base):
     tokens_injected: Mapped[int | None] = mapped_column(Integer)
     tokens_generated: Mapped[int | None] = mapped_column(Integer)
     tokens_shared_prefix: Mapped[int | None] = mapped_column(Integer)
+    tokens_prompt_reused: Mapped[int | None] = mapped_column(Integer)  # 0005: null for jobs finished before it
+    tokens_prompt_computed: Mapped[int | None] = mapped_column(Integer)
     passes_lml: Mapped[int | None] = mapped_column(Integer)
     passes_lms: Mapped[int | None] = mapped_column(Integer)
 

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from hyfunc.config import ConfigError
-from hyfunc.schema import CallRequest, CallResult
-from hyfunc.stages import STAGES, timing_column
+from hyfunc.schema import CallRequest, CallResult, StageTimings, TokenCounts
+from hyfunc.stages import CASCADE_STAGES, STAGES, TOKEN_COUNTERS, timing_column, token_column
 from hyfunc.store import migrate
 from hyfunc.store.counters import read_counters, status_key
 from hyfunc.store.db import session_factory, transaction
@@ -81,6 +81,8 @@ class SleepyRunner:
 def test_one_source_of_truth_for_statuses_and_stages() -> None:
     assert typing.get_args(JobStatus) == JOB_STATUSES
     assert [c.key for c in Job.__table__.columns if c.key.endswith("_ms")] == [timing_column(s) for s in STAGES]
+    assert [c.key for c in Job.__table__.columns if c.key.startswith("tokens_")] == [token_column(c) for c in TOKEN_COUNTERS]
+    assert tuple(TokenCounts.model_fields) == TOKEN_COUNTERS and set(StageTimings.model_fields) == set(CASCADE_STAGES)
     # The API never imports the worker package (the producer lives in producer/).
     probe = "import sys, api.app, api.service; print(sorted(m for m in sys.modules if m.split('.')[0] == 'worker'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -1,5 +1,6 @@
-"""Every stage of hyfunc.stages is a timing column: a job recorded from a real cascade run keeps the
-decoder's lms_wait / program / sample next to the rest, and the cascade's stages add up to total."""
+"""Every stage of hyfunc.stages is a timing column and every token counter a tokens_ column: a job
+recorded from a real cascade run keeps the decoder's lms_wait / program / sample next to the rest,
+the cascade's stages add up to total, and the store returns every counter and the warnings."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from hyfunc.schema import parse_request
-from hyfunc.stages import CASCADE_STAGES, STAGES, timing_column
+from hyfunc.stages import CASCADE_STAGES, STAGES, TOKEN_COUNTERS, timing_column
 
 WEATHER = {
     "name": "get_weather",
@@ -17,6 +18,9 @@ WEATHER = {
 }
 PING = {"name": "ping", "description": "Check that the service answers.",
         "parameters": {"type": "object", "properties": {}}}
+# A schema accepted with a change (an enum whose values do not match its type): the result warns.
+LENIENT = {"name": "set_level", "description": "Set a level.", "parameters": {"type": "object", "properties": {
+    "level": {"type": "integer", "enum": ["1", "2", "dontcare"]}}}}
 EMAIL = {
     "name": "send_email",
     "description": "Send an email.",
@@ -41,7 +45,7 @@ def test_recorded_jobs_keep_every_stage_and_the_cascade_stages_add_up(tiny_confi
             ("What's the weather in Berlin tomorrow?", [WEATHER, PING]),
             ("ping the service", [PING, EMAIL]),
             ("Email bob@example.com saying see you at noon", [EMAIL, WEATHER]),
-            ("weather in Lisbon for 3 days", [WEATHER]),
+            ("weather in Lisbon for 3 days", [WEATHER, LENIENT]),
         ])
     ]
     cascade = Cascade.load(tiny_config)
@@ -52,7 +56,8 @@ def test_recorded_jobs_keep_every_stage_and_the_cascade_stages_add_up(tiny_confi
 
     with transaction(session_factory(tiny_config.store.url)) as session:
         jobs = {job.client_id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
-        stored = {client_id: job_to_dict(job)["timings_ms"] for client_id, job in jobs.items()}
+        dicts = {client_id: job_to_dict(job) for client_id, job in jobs.items()}
+        stored = {client_id: d["timings_ms"] for client_id, d in dicts.items()}
     waited = 0.0
     for result in results:
         timings = stored[result.id]
@@ -66,3 +71,7 @@ def test_recorded_jobs_keep_every_stage_and_the_cascade_stages_add_up(tiny_confi
         assert parts == pytest.approx(timings["total"], abs=0.01)
         waited += timings["lms_wait"]
     assert waited > 0  # four jobs through two rows: someone waited
+    for result in results:  # every token counter, and the warnings, as the cascade returned them
+        assert dicts[result.id]["tokens"] == {c: getattr(result.tokens, c) for c in TOKEN_COUNTERS}
+        assert dicts[result.id]["warnings"] == result.warnings
+    assert any(r.warnings for r in results) and any(r.tokens.prompt_computed for r in results)
