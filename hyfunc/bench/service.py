@@ -29,6 +29,7 @@ from typing import Any
 from hyfunc.bench.procs import free_port, stop_group
 from hyfunc.bench.stats import mean, percentile, r
 from hyfunc.bench.workload import BenchInput
+from hyfunc.store.status import SUCCEEDED
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -273,7 +274,7 @@ def _service_run(
         "flush_every": flush_every,
         "batches": len(batches),
         "mean_batch_size": r(mean([float(len(b)) for b in batches.values()])),
-        "succeeded": sum(1 for row in rows if row[7] == "succeeded"),
+        "succeeded": sum(1 for row in rows if row[7] == SUCCEEDED),
         "post_ms": r(post_ms),
         "service_jobs_per_s": r(jobs / wall_s, 3) if wall_s > 0 else None,
         "cascade_jobs_per_s": r(jobs / (cascade_ms / 1000), 3) if cascade_ms > 0 else None,

@@ -40,9 +40,9 @@ from typing import Any
 
 from hyfunc.bench.procs import free_port, stop_group
 from hyfunc.chaos.audit import AUDIT_SQL
+from hyfunc.store.status import FINAL_STATUSES
 
 ROOT = Path(__file__).resolve().parents[2]
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -562,7 +562,7 @@ class Run:
             "proof": {
                 "none_lost": found == len(self.accepted) == o.jobs,
                 "none_twice": twice == 0 and rewritten == 0,
-                "every_job_one_terminal_state": once == totals[0] and sum(by_status.get(s, 0) for s in FINAL) == totals[0],
+                "every_job_one_terminal_state": once == totals[0] and sum(by_status.get(s, 0) for s in FINAL_STATUSES) == totals[0],
                 "no_duplicate_rows": totals[0] == totals[1],
             },
             "throughput": {"jobs_per_s": round(totals[0] / span, 2) if span else None, "span_s": round(span, 1),

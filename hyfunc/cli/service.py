@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.config import HyFuncConfig, load_config
-from hyfunc.store.status import JOB_STATUSES
+from hyfunc.store.status import JOB_STATUSES, SUCCEEDED
 
 
 def _config(args: argparse.Namespace) -> HyFuncConfig:
@@ -195,7 +195,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _open_out(args.out) as out:
         for job in rows:
             out.write(json.dumps(_result_line(job), ensure_ascii=False) + "\n")
-    failed = sum(j.status != "succeeded" for j in rows)
+    failed = sum(j.status != SUCCEEDED for j in rows)
     print(f"{len(rows) - failed} succeeded, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, aliased
 
 from hyfunc.store.jobs import NewJob, as_uuid, create_jobs
 from hyfunc.store.models import FINAL_STATUSES, Feedback, Job, Replay, Toolset
+from hyfunc.store.status import FAILED, SUCCEEDED
 
 
 def canonical_calls(calls: list[dict[str, Any]] | None) -> list[str]:
@@ -134,13 +135,13 @@ def replay_report(session: Session, replay: Replay, *, max_changes: int = 1000) 
             counts["finished"] += 1
         else:
             counts["pending"] += 1
-        if new.status == "succeeded":
+        if new.status == SUCCEEDED:
             counts["succeeded"] += 1
-        elif new.status == "failed":
+        elif new.status == FAILED:
             counts["failed"] += 1
         if new.model_versions:
             versions.add(json.dumps(new.model_versions, sort_keys=True))
-        if new.status != "succeeded":
+        if new.status != SUCCEEDED:
             continue
         if canonical_calls(new.calls) != canonical_calls(old.calls):
             changed += 1
