@@ -186,15 +186,16 @@ def process_batch(
 
     def write_now(finished: list[tuple[int, CallResult]]) -> None:
         """Results of jobs whose rows just finished, written at once in this (the caller's)
-        thread while the model thread decodes the rest. If the database cannot take them, they
-        wait for the batch's final write (which retries)."""
+        thread while the model thread decodes the rest. One attempt: if the database cannot take
+        them they wait for the batch's final write, which retries (a retry loop here would hold
+        up the other jobs' deadlines and deliveries)."""
         items: dict[uuid.UUID, CallResult | str] = {}
         for index, result in finished:
             job_id = runnable[index][0].id
             sizes[job_id] = len(runnable)
             items[job_id] = result
         try:
-            count(_with_retry(f"batch {outcome.batch_id} write", lambda: write(items, []), db_retry_seconds, sleep))
+            count(write(items, []))
         except Exception as err:  # noqa: BLE001 - kept for the final write
             log.warning("batch %s: %d finished jobs not written yet (%s)", outcome.batch_id, len(items),
                         type(err).__name__)

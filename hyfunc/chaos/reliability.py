@@ -15,6 +15,18 @@ While jobs are submitted (single POSTs and batches of 50, paced), the harness
 A monitor polls /healthz every second; every API answer is recorded per phase. At the end
 a test-only audit trigger (every UPDATE of a job row) proves exactly-once in SQL.
 
+Issue 17's failure modes, by option:
+- `--no-beat`: workers run without `--beat`; recovery rests on their own sweeper threads (each
+  kill is then a kill of "the beat process" too);
+- `--pathological N`: at `pathological_at`, one batch of 16 jobs of which N are pathological (a
+  tool whose enum of 1,000 values makes a ~7k-token prompt: within the submission limits, slow
+  to decode) among normal ones; the report compares the normal ones' end-to-end time with the
+  run's other jobs and shows how the pathological ones ended (`worker.job_deadline_seconds`);
+- `--memory-bomb`: at `bomb_at`, a tool with an enum of 10,000 values is submitted over HTTP
+  (expected: 422 naming the field) and stored straight into the database and enqueued (what a job
+  stored before the limits existed looks like: expected to fail alone, naming the field); the
+  worker's resident memory is sampled every 0.1 s around it (peak vs idle).
+
 Run: `python scripts/reliability.py` (or `python -m hyfunc.chaos.reliability`); it takes several
 minutes. Writes docs/reliability/latest.json and latest.md.
 """
@@ -39,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from hyfunc.bench.procs import free_port, stop_group
+from hyfunc.bench.stats import percentile
 from hyfunc.chaos.audit import AUDIT_SQL
 from hyfunc.store.status import FINAL_STATUSES
 
@@ -62,6 +75,12 @@ class Options:
     pg_at: float = 140.0
     timeout_s: float = 1800.0
     runner: str = "demo"  # demo: the shipped demo models; fast: FastRunner (no model)
+    beat: bool = True  # False: no --beat process anywhere (recovery by the workers' sweeper threads)
+    pathological: int = 0  # pathological jobs in one batch of 16 (the rest normal), at pathological_at
+    pathological_at: float = 45.0
+    memory_bomb: bool = False  # the 10,000-value enum, over HTTP and straight into the store, at bomb_at
+    bomb_at: float = 90.0
+    job_deadline_s: float = 30.0
     command: str = "python scripts/reliability.py"  # as run, for the report
 
 
@@ -204,6 +223,8 @@ class Run:
         self.lock = threading.Lock()
         self.stop_monitor = threading.Event()
         self.submitted_all = threading.Event()
+        self.extra: dict[str, list[str]] = {}  # job ids of the issue-17 scenarios, by kind
+        self.rss: list[tuple[float, int]] = []  # (t, worker VmRSS kB) around the memory bomb
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -239,7 +260,7 @@ class Run:
             "worker": {"broker_url": self.redis.url, "queue": self.queue, "flush_every": 16, "flush_interval": 0.2,
                        "lease_seconds": 300, "sweep_interval": 2.0, "heartbeat_interval": 1.0,
                        "heartbeat_misses": 3, "requeue_grace_seconds": 10.0, "batch_deadline_seconds": 60.0,
-                       "db_retry_seconds": 120.0},
+                       "job_deadline_seconds": o.job_deadline_s, "db_retry_seconds": 120.0},
             "limits": {"max_batch_size": 1000},
             "api": {"host": "127.0.0.1", "port": self.port},
         }
@@ -260,7 +281,8 @@ class Run:
         self.start_worker()
 
     def start_worker(self) -> Service:
-        w = Service(["worker", "--config", str(self.worker_config), "--beat", "--loglevel", "info"],
+        beat = ["--beat"] if self.opts.beat else []
+        w = Service(["worker", "--config", str(self.worker_config), *beat, "--loglevel", "info"],
                     self.work / f"worker-{len(self.workers)}.log", self.env)
         self.workers.append(w)
         return w
@@ -430,10 +452,100 @@ class Run:
         self.faults.append(fault)
         _log(f"PostgreSQL reachable again after {fault.end - fault.start:.0f}s")
 
+    def pathological_batch(self) -> None:
+        """One batch of 16: ``pathological`` jobs whose tool has a 1,000-value enum (each its own, so no
+        two share a prompt prefix the prefix cache could reuse), the rest normal."""
+        import httpx
+
+        def big(n: int) -> dict[str, Any]:
+            return {"type": "function", "function": {"name": "pick_code", "description": f"Pick a product code of line {n}",
+                    "parameters": {"type": "object", "required": ["code"], "properties": {
+                        "code": {"type": "string", "enum": [f"c{n}-{i:04d}" for i in range(1000)]}}}}}
+
+        normal = self.workload()[:16]
+        items = [{"id": f"path-{n}", "query": f"pick product code c{n}-{n:04d}", "tools": [big(n)]}
+                 for n in range(self.opts.pathological)]
+        items += [{**item, "id": f"pnorm-{n}"} for n, item in enumerate(normal[: 16 - len(items)])]
+        fault = Fault(f"{self.opts.pathological} pathological jobs in a batch of 16", self.now())
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers={"X-API-Key": self.key}, timeout=60)
+        self.post(client, "batch", items)
+        fault.end = self.now()
+        self.extra["pathological"] = [self.accepted[i["id"]] for i in items if i["id"].startswith("path-")]
+        self.extra["normal_beside"] = [self.accepted[i["id"]] for i in items if i["id"].startswith("pnorm-")]
+        self.faults.append(fault)
+        _log(f"submitted {self.opts.pathological} pathological jobs among {16 - self.opts.pathological} normal")
+
+    def _worker_rss(self) -> int | None:
+        try:
+            for line in Path(f"/proc/{self.workers[-1].pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+        return None
+
+    def memory_bomb(self) -> None:
+        """The audit's request: an enum of 10,000 values. Over HTTP it must be a 422 naming the field;
+        stored straight into the database (around the API) the worker must fail it alone."""
+        import httpx
+
+        from hyfunc.store.db import session_factory, transaction
+        from hyfunc.store.jobs import NewJob, create_jobs
+        from hyfunc.store.keys import get_or_create_tenant
+        from producer.broker import create_celery, enqueue
+
+        bomb = {"type": "function", "function": {"name": "pick", "description": "Pick a value", "parameters": {
+            "type": "object", "required": ["value"],
+            "properties": {"value": {"type": "string", "enum": [f"v{i:05d}" for i in range(10_000)]}}}}}
+        fault = Fault("memory bomb (enum of 10,000 values)", self.now())
+        idle = [self._worker_rss() for _ in range(5) if not time.sleep(0.2)]
+        r = httpx.post(f"http://127.0.0.1:{self.port}/v1/jobs", headers={"X-API-Key": self.key}, timeout=60,
+                       json={"id": "bomb-http", "query": "pick v00042", "tools": [bomb]})
+        fault.details["http_status"] = r.status_code
+        fault.details["http_detail"] = r.json().get("detail") if r.status_code != 202 else None
+        if r.status_code == 202:
+            self.accepted["bomb-http"] = r.json()["id"]
+        with transaction(session_factory(self.pg.url)) as session:
+            tenant = get_or_create_tenant(session, "reliability")
+            job = create_jobs(session, tenant.id, [NewJob(query="pick v00042", tools=[bomb], client_id="bomb-direct")])
+            job_id = str(job[0].id)
+        self.accepted["bomb-direct"] = job_id
+        from hyfunc.config import load_config
+
+        enqueue(create_celery(load_config(self.worker_config)), [job_id], self.queue)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            rss = self._worker_rss()
+            if rss is not None:
+                self.rss.append((self.now(), rss))
+            if self.sql("SELECT 1 FROM jobs WHERE id = %s AND status IN ('succeeded','failed','cancelled')",
+                        (job_id,)):
+                break
+            time.sleep(0.1)
+        for _ in range(20):  # and a little after
+            rss = self._worker_rss()
+            if rss is not None:
+                self.rss.append((self.now(), rss))
+            time.sleep(0.1)
+        row = self.sql("SELECT status, error FROM jobs WHERE id = %s", (job_id,))[0]
+        fault.end = self.now()
+        idle_kb = min(v for v in idle if v) if any(idle) else None
+        peak_kb = max((v for _, v in self.rss), default=None)
+        fault.details.update({"direct_status": row[0], "direct_error": row[1], "worker_rss_idle_mb":
+                              round(idle_kb / 1024, 1) if idle_kb else None,
+                              "worker_rss_peak_mb": round(peak_kb / 1024, 1) if peak_kb else None,
+                              "peak_over_idle": round(peak_kb / idle_kb, 2) if idle_kb and peak_kb else None})
+        self.extra["bomb"] = [job_id] + ([self.accepted["bomb-http"]] if "bomb-http" in self.accepted else [])
+        self.faults.append(fault)
+        _log(f"memory bomb: HTTP {r.status_code}; direct job {row[0]} ({row[1]}); worker RSS "
+             f"{fault.details['worker_rss_idle_mb']} -> peak {fault.details['worker_rss_peak_mb']} MB")
+
     def inject(self) -> None:
         o = self.opts
         schedule = sorted([(t, self.kill_worker) for t in o.kills_at] + [(o.redis_at, self.redis_outage),
-                                                                          (o.pg_at, self.pg_outage)],
+                                                                          (o.pg_at, self.pg_outage)]
+                          + ([(o.pathological_at, self.pathological_batch)] if o.pathological else [])
+                          + ([(o.bomb_at, self.memory_bomb)] if o.memory_bomb else []),
                           key=lambda x: x[0])
         for at, action in schedule:
             self.wait_until(at)
@@ -499,6 +611,29 @@ class Run:
         to_run = lambda ts: None if ts is None else round(float(ts) - self.epoch0 - t_abs, 1)  # noqa: E731
         return {"jobs": len(ids), "first_started_s": to_run(first), "all_started_s": to_run(last), "final": final}
 
+    def _e2e(self, ids: list[str]) -> list[float]:
+        """End-to-end seconds (created to finished) of finished jobs."""
+        if not ids:
+            return []
+        rows = self.sql("SELECT extract(epoch FROM finished_at - created_at) FROM jobs WHERE id = ANY(%s::uuid[]) "
+                        "AND finished_at IS NOT NULL", (ids,))
+        return [float(r[0]) for r in rows]
+
+    def _issue17(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"beat_process": self.opts.beat}
+        if "pathological" in self.extra:
+            special = set(self.extra["pathological"]) | set(self.extra["normal_beside"]) | set(self.extra.get("bomb", []))
+            others = [i for i in self.accepted.values() if i not in special]
+            out["pathological"] = {
+                "normal_beside_e2e_s": _percentiles(self._e2e(self.extra["normal_beside"])),
+                "other_jobs_e2e_s": _percentiles(self._e2e(others)),
+                "pathological_e2e_s": _percentiles(self._e2e(self.extra["pathological"])),
+                "pathological_outcomes": dict(Counter(
+                    f"{st}: {(err or '')[:90]}" for st, err in self.sql(
+                        "SELECT status, error FROM jobs WHERE id = ANY(%s::uuid[])", (self.extra["pathological"],)))),
+            }
+        return out
+
     def report(self, drained: float) -> dict[str, Any]:
         o = self.opts
         # Wall clock of t0, to turn database timestamps into run seconds.
@@ -559,8 +694,9 @@ class Run:
                      "final_transitions_exactly_once": once, "final_twice": twice,
                      "rewritten_after_final": rewritten, "attempts": {str(k): v for k, v in attempts.items()},
                      "failed_errors": errors},
+            "issue17": self._issue17(),
             "proof": {
-                "none_lost": found == len(self.accepted) == o.jobs,
+                "none_lost": found == len(self.accepted) == o.jobs + sum(len(v) for v in self.extra.values()),
                 "none_twice": twice == 0 and rewritten == 0,
                 "every_job_one_terminal_state": once == totals[0] and sum(by_status.get(s, 0) for s in FINAL_STATUSES) == totals[0],
                 "no_duplicate_rows": totals[0] == totals[1],
@@ -581,6 +717,12 @@ class Run:
             "api_answers_overall": dict(Counter(f"{kind} {code}" for _, kind, code, _ in self.answers)),
         }
         return report
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1), "max": round(max(values), 1)}
 
 
 class FastRunner:
@@ -633,7 +775,8 @@ def write_markdown(report: dict[str, Any]) -> str:
         "# Reliability run",
         "",
         f"{report['when']} — `{report['command']}` (JSON: `latest.json`). Real stack: `hyfunc api` + "
-        f"`hyfunc worker --beat` ({'demo models' if report['runner'] == 'demo' else 'the model-free fast runner'}, "
+        f"`hyfunc worker{' --beat' if report['options'].get('beat', True) else ''}` "
+        f"({'demo models' if report['runner'] == 'demo' else 'the model-free fast runner'}, "
         "solo pool) as subprocesses, a private PostgreSQL (own port, "
         "reached by the worker through a TCP proxy the harness cuts) and a private Redis (no persistence).",
         "",
@@ -687,6 +830,21 @@ def write_markdown(report: dict[str, Any]) -> str:
     ]
     if j["failed_errors"]:
         lines += ["Failed jobs by error:", ""] + [f"- {v} × `{k}`" for k, v in j["failed_errors"].items()] + [""]
+    i17 = report.get("issue17") or {}
+    lines += ["## Issue 17 scenarios", "",
+              f"- beat process: {'yes (`--beat`)' if i17.get('beat_process', True) else 'none (recovery by the workers)'}"]
+    if "pathological" in i17:
+        p = i17["pathological"]
+        lines.append(f"- pathological batch: normal jobs beside them end-to-end {p['normal_beside_e2e_s']} s; "
+                     f"the run's other jobs {p['other_jobs_e2e_s']} s; pathological {p['pathological_e2e_s']} s, "
+                     f"ended as {p['pathological_outcomes']}")
+    for f in report["faults"]:
+        if f["kind"].startswith("memory bomb"):
+            lines.append(f"- memory bomb over HTTP: {f.get('http_status')} `{f.get('http_detail')}`; stored directly: "
+                         f"{f.get('direct_status')} `{f.get('direct_error')}`; worker RSS idle "
+                         f"{f.get('worker_rss_idle_mb')} MB, peak {f.get('worker_rss_peak_mb')} MB "
+                         f"(x{f.get('peak_over_idle')})")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -702,11 +860,19 @@ def main(argv: list[str] | None = None) -> int:
                              "are too slow on this machine (the report says which)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the fault times (a short smoke run: --jobs 500 --scale 0.2)")
+    parser.add_argument("--no-beat", action="store_true", help="run no --beat process (recovery by the workers)")
+    parser.add_argument("--pathological", type=int, default=0,
+                        help="pathological jobs in one batch of 16 among normal ones (0: none)")
+    parser.add_argument("--memory-bomb", action="store_true", help="the 10,000-value enum, over HTTP and stored directly")
+    parser.add_argument("--job-deadline", type=float, default=Options.job_deadline_s,
+                        help="worker.job_deadline_seconds (default %(default)s)")
     args = parser.parse_args(argv)
     o = Options(jobs=args.jobs, singles=min(Options.singles, args.jobs // 10), rate=args.rate, out=Path(args.out),
                 models=Path(args.models), outage_s=args.outage,
                 kills_at=tuple(t * args.scale for t in Options.kills_at), redis_at=Options.redis_at * args.scale,
-                pg_at=Options.pg_at * args.scale, runner=args.runner,
+                pg_at=Options.pg_at * args.scale, runner=args.runner, beat=not args.no_beat,
+                pathological=args.pathological, pathological_at=Options.pathological_at * args.scale,
+                memory_bomb=args.memory_bomb, bomb_at=Options.bomb_at * args.scale, job_deadline_s=args.job_deadline,
                 command=" ".join(["python scripts/reliability.py", *(argv if argv is not None else sys.argv[1:])]))
     run = Run(o)
 
