@@ -159,12 +159,21 @@ for id in $ids; do
   echo "$body" | python3 -c '
 import json, sys
 job = json.load(sys.stdin)
-print(f"  {job[\"client_id\"]}: {job[\"status\"]}; calls: {json.dumps(job[\"calls\"])}")'
+print("  %s: %s; calls: %s" % (job["client_id"], job["status"], json.dumps(job["calls"])))'
 done
 say "all $JOBS jobs succeeded ($(python3 -c "import time; print(round(time.time() - $s0, 1))") s from submit)"
 
 index=$("$ENGINE" exec "$(cid worker)" ls /var/lib/hyfunc/index | tr '\n' ' ')
 [ -n "$index" ] || fail "the function index volume is empty"
 say "function index on its volume: $index"
+# restart: unless-stopped brings back a service whose process exits on its own.
+restarts() { "$ENGINE" inspect -f '{{.RestartCount}}' "$(cid api)"; }
+before=$(restarts)
+"$ENGINE" exec "$(cid api)" python -c 'import os, signal; os.kill(1, signal.SIGTERM)' || true
+for _ in $(seq 1 60); do [ "$(restarts)" -gt "$before" ] && break; sleep 1; done
+[ "$(restarts)" -gt "$before" ] || fail "api was not restarted after its process exited"
+wait_healthy api 120
+say "api restarted by its restart policy after its process exited (restart count $(restarts))"
+
 say "images: $("$ENGINE" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'hyfunc-(api|worker):smoke' | tr '\n' ';')"
 say "SMOKE OK"

@@ -54,12 +54,17 @@ def _health(state: Any) -> tuple[dict[str, Any], bool]:
     return {"status": "ok" if ok else "unavailable", **body}, ok
 
 
-@router.api_route("/livez", methods=["GET", "HEAD"])
+@router.get("/livez")
 async def livez() -> JSONResponse:
     """Liveness: this process answers. It reads no database, broker or worker state, so a
     container healthcheck on it marks a hung API unhealthy, never one whose dependencies are
     down or that has no worker yet (that is /healthz's answer; restarting the API fixes neither)."""
     return JSONResponse({"status": "ok"})
+
+
+@router.head("/livez", include_in_schema=False)
+async def livez_head() -> Response:
+    return Response(status_code=200)
 
 
 @router.get("/healthz", responses={503: {"description": "database or broker unreachable, or no live worker"}})
