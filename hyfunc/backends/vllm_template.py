@@ -114,6 +114,21 @@ class RowConstraint:
         return hit
 
 
+class ForcedTokens:
+    """Forced decoding (``hyfunc bench backends``): a given token sequence, one per step, then stop."""
+
+    def __init__(self, tokens: list[int], stop_id: int):
+        self.tokens = list(tokens)
+        self.stop_id = stop_id
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        n = len(output_ids)
+        token = self.tokens[n] if n < len(self.tokens) else self.stop_id
+        logits.fill_(float("-inf"))
+        logits[token] = 0.0
+        return logits
+
+
 class TemplateLogitsProcessor(AdapterLogitsProcessor):
     """vLLM logits processor: requests with ``extra_args["hyfunc"]`` follow their template program."""
 
@@ -143,10 +158,12 @@ class TemplateLogitsProcessor(AdapterLogitsProcessor):
             self._machines[key] = machine
         return machine
 
-    def new_req_logits_processor(self, params) -> RowConstraint | None:
+    def new_req_logits_processor(self, params) -> RowConstraint | ForcedTokens | None:
         spec = (params.extra_args or {}).get(EXTRA_KEY)
         if spec is None:
             return None
+        if "forced" in spec:  # a benchmark's forced decoding: these tokens, then the stop token
+            return ForcedTokens(spec["forced"], spec["stop"])
         machine = self.machine(spec["limits"])
         tools = [Tool.model_validate(tool) for tool in spec["tools"]]
         try:

@@ -10,7 +10,9 @@ Three ways to turn the demo held-out jobs into calls with the same LMS weights:
   token emitted in a step of its own (one request per job);
 - ``vllm-structured``: what a user would pick instead — plain vLLM structured output: the LMS
   prompt with every tool of the request (no retriever, no soft token), the whole answer generated
-  as JSON under a schema of the tools' calls (``StructuredOutputsParams(json=...)``), no templating.
+  as JSON under a schema of the tools' calls (``StructuredOutputsParams(json=...)``), no templating;
+  ``vllm-gold-json``: the same prompts with the gold answer's compact JSON forced token by token
+  (no grammar): what structured output costs with a model that writes exactly the right call.
 
 Both cascades share the transformers LML, retriever and projector, so any difference between
 them is the LMS backend's. Reported per mode and batch size: jobs/s, p50/p95 of a job's latency
@@ -31,7 +33,7 @@ from typing import Any
 from hyfunc.bench.report import machine_info
 from hyfunc.bench.stats import percentile, r
 
-MODES = ("transformers", "vllm", "vllm-no-jump", "vllm-structured")
+MODES = ("transformers", "vllm", "vllm-no-jump", "vllm-structured", "vllm-gold-json")
 
 
 def _calls(result) -> list[dict[str, Any]]:
@@ -126,7 +128,7 @@ def calls_schema(tools, max_calls: int) -> dict[str, Any]:
     return {"type": "array", "items": {"anyOf": options}, "minItems": 1, "maxItems": max_calls}
 
 
-def _structured_mode(vl, examples, batch_size: int) -> dict[str, Any]:
+def _structured_mode(vl, examples, batch_size: int, gold: bool = False) -> dict[str, Any]:
     """Plain vLLM structured output on the same engine and weights: no retriever, no soft token,
     no templating — every answer token generated under the calls' JSON schema."""
     from vllm import SamplingParams
@@ -147,6 +149,19 @@ def _structured_mode(vl, examples, batch_size: int) -> dict[str, Any]:
         for ex in chunk:
             text = prefix + lms_job_prompt(ex.query, ex.tools, 0, tokenizer=tokenizer)
             prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+            if gold:
+                answer = json.dumps([c.model_dump() for c in ex.answers], separators=(",", ":"), ensure_ascii=False)
+                forced = tokenizer.encode(answer, add_special_tokens=False)
+                params.append(
+                    SamplingParams(
+                        temperature=0.0,
+                        max_tokens=len(forced) + 1,
+                        stop_token_ids=[backend.stop_id],
+                        skip_special_tokens=True,
+                        extra_args={"hyfunc": {"forced": forced, "stop": backend.stop_id}},
+                    )
+                )
+                continue
             params.append(
                 SamplingParams(
                     temperature=0.0,
@@ -184,6 +199,7 @@ def run_backends_bench(
     jobs: int = 64,
     batch_sizes: tuple[int, ...] = (1, 32),
     same_n: int = 400,
+    modes: tuple[str, ...] = MODES,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     from hyfunc.data.demo_task import generate_demo_examples
@@ -207,10 +223,10 @@ def run_backends_bench(
     rows = []
     for size in batch_sizes:
         n = jobs if size > 1 else min(jobs, 16)
-        for mode in MODES:
+        for mode in modes:
             log(f"{mode}, batch {size}: {n} jobs")
-            if mode == "vllm-structured":
-                row = _structured_mode(vl, examples[:n], size)
+            if mode in ("vllm-structured", "vllm-gold-json"):
+                row = _structured_mode(vl, examples[:n], size, gold=mode == "vllm-gold-json")
             elif mode == "vllm-no-jump":
                 vl.decoder.jump_forward = False
                 try:
@@ -223,12 +239,18 @@ def run_backends_bench(
     report["rows"] = rows
     by = {(row["mode"], row["batch"]): row for row in rows}
     big = max(batch_sizes)
-    if by[("vllm-structured", big)]["jobs_per_s"]:
+    if all((m, big) in by for m in ("transformers", "vllm", "vllm-structured")):
         report["cascade_vs_structured_at_batch"] = {
             "batch": big,
             "vllm_backend": r(by[("vllm", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
             "transformers_backend": r(by[("transformers", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
         }
+        if ("vllm-gold-json", big) in by:
+            gold = by[("vllm-gold-json", big)]["jobs_per_s"]
+            report["cascade_vs_structured_at_batch"]["vllm_backend_vs_gold_json"] = r(by[("vllm", big)]["jobs_per_s"] / gold, 2)
+            report["cascade_vs_structured_at_batch"]["transformers_backend_vs_gold_json"] = r(
+                by[("transformers", big)]["jobs_per_s"] / gold, 2
+            )
     if same_n:
         report["same_calls"] = same_calls(hf, vl, examples[:same_n], big, log)
     (out_dir / "backends.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -254,6 +276,9 @@ def markdown(report: dict[str, Any]) -> str:
     if ratio:
         lines += ["", f"Templated cascade vs plain vLLM structured output at batch {ratio['batch']}: "
                   f"vLLM backend {ratio['vllm_backend']}x, transformers backend {ratio['transformers_backend']}x (jobs/s)."]
+        if "vllm_backend_vs_gold_json" in ratio:
+            lines.append(f"Against the gold JSON forced token by token: vLLM backend {ratio['vllm_backend_vs_gold_json']}x, "
+                         f"transformers backend {ratio['transformers_backend_vs_gold_json']}x.")
     same = report.get("same_calls")
     if same:
         lines += ["", f"Same calls, vLLM vs transformers backend: {same['same']}/{same['jobs']} ({same['agreement']})."]

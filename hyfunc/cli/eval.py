@@ -155,7 +155,7 @@ def _named_dirs(values: list[str]) -> dict[str, str]:
 
 def cmd_bench_backends(args: argparse.Namespace) -> int:
     """`hyfunc bench backends`: its own run (two LMS engines), outside `bench all`."""
-    from hyfunc.bench.backends import run_backends_bench
+    from hyfunc.bench.backends import MODES, run_backends_bench
     from hyfunc.bench.report import default_out_dir
 
     if args.threads:
@@ -167,7 +167,7 @@ def cmd_bench_backends(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     run_backends_bench(
         models, out, device=args.device, dtype=dtype, jobs=args.throughput_jobs, same_n=args.same_n,
-        log=lambda m: print(m, file=sys.stderr),
+        modes=tuple(args.modes.split(",")) if args.modes else MODES, log=lambda m: print(m, file=sys.stderr),
     )
     print((out / "backends.md").read_text())
     print(f"written: {out / 'backends.json'}, {out / 'backends.md'}", file=sys.stderr)
@@ -260,6 +260,8 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
     bench.add_argument("--same-n", type=int, default=400,
                        help="bench backends: demo held-out jobs for the same-calls check (default 400; 0: skip)")
+    bench.add_argument("--modes", help="bench backends: comma-separated modes (default: all of "
+                       "transformers,vllm,vllm-no-jump,vllm-structured,vllm-gold-json)")
     bench.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR",
                        help="bench constraints: another vocabulary to measure (repeatable)")
     bench.add_argument("--base", default="smollm2-135m-instruct",
