@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from hyfunc.cascade.kv_layer import capacity, growing_cache
 from hyfunc.cascade.prefix_cache import KV, kv_length
 from hyfunc.models.compat import cache_kwargs
+from hyfunc.models.soft_slot import fill_soft_slots
 
 # Prompt tokens per prefill pass of a long prompt. One pass over L new tokens builds attention
 # scores and a mask of L x (cached + L) entries per head: a 33k-token prompt (an enum of 10,000
@@ -245,16 +246,7 @@ class TransformersRunner:
             positions[r] = torch.arange(self._lengths[r], self._lengths[r] + width)
             self._lengths[r] += n
         ids, chunk_mask, positions = ids.to(self.device), chunk_mask.to(self.device), positions.to(self.device)
-        slots = ids == self.soft_id
-        embeds = self.embed(ids.masked_fill(slots, self.pad_id))
-        if bool(slots.any()):
-            for r in range(self.rows):
-                where = slots[r].nonzero(as_tuple=True)[0]
-                if where.numel():
-                    given = soft[r]
-                    if given is None or given.shape[0] != where.numel():
-                        raise ValueError("soft-token slots and projected soft tokens disagree in number")
-                    embeds[r, where] = given.to(embeds.dtype)
+        embeds = fill_soft_slots(self.embed, ids, self.soft_id, self.pad_id, soft)
         self._mask = torch.cat([self._mask, chunk_mask], dim=1)
         out = self.base(
             inputs_embeds=embeds, attention_mask=self._mask, position_ids=positions, **cache_kwargs(self._cache), use_cache=True

@@ -54,3 +54,23 @@ def _grow_embeddings(model, rows: int) -> None:
         tables.append(head.weight)
     for weight in tables:
         weight[old:] = weight[:old].mean(dim=0, keepdim=True)
+
+
+def fill_soft_slots(embed, ids: torch.Tensor, soft_id: int, pad_id: int, soft) -> torch.Tensor:
+    """Input embeddings of `ids` (B, T) with each row's `<|soft|>` slots holding its projected soft
+    tokens, in order (`soft[r]`: (slots in row r, width), or None for a row without slots). The one
+    slot fill of training and inference, so both feed the model the same embeddings."""
+    slots = ids == soft_id
+    embeds = embed(ids.masked_fill(slots, pad_id))
+    if not bool(slots.any()):
+        return embeds
+    if torch.is_grad_enabled():  # training: leave the embedding op's output to autograd
+        embeds = embeds.clone()
+    for r in range(ids.shape[0]):
+        where = slots[r].nonzero(as_tuple=True)[0]
+        if where.numel():
+            given = soft[r]
+            if given is None or given.shape[0] != where.numel():
+                raise ValueError("soft-token slots and projected soft tokens disagree in number")
+            embeds[r, where] = given.to(embeds.dtype)
+    return embeds

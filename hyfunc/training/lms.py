@@ -26,6 +26,7 @@ from hyfunc.cascade.template import TemplateMachine
 from hyfunc.models.bundle import save_module
 from hyfunc.models.compat import cache_kwargs
 from hyfunc.models.projector import SoftTokenProjector
+from hyfunc.models.soft_slot import fill_soft_slots
 from hyfunc.schema import Call, Tool
 
 
@@ -102,16 +103,8 @@ def _batch_inputs(model, projector: SoftTokenProjector, seqs: list[LMSSequence],
         ids[r, : len(s.ids)] = torch.tensor(s.ids)
         targets[r, : len(s.ids)] = torch.tensor(s.generated)
     ids, targets = ids.to(device), targets.to(device)
-    slots = ids == soft_id
-    embeds = model.get_input_embeddings()(ids.masked_fill(slots, pad_id))
     soft = projector(torch.stack([s.soft for s in seqs]).to(device))  # (B, n, d)
-    rows, cols = slots.nonzero(as_tuple=True)
-    if rows.numel():
-        per_row = slots.sum(dim=1)
-        slot_rank = torch.cat([torch.arange(int(n)) for n in per_row.tolist()]).to(device)
-        embeds = embeds.clone()
-        embeds[rows, cols] = soft[rows, slot_rank].to(embeds.dtype)
-    return ids, targets, embeds
+    return ids, targets, fill_soft_slots(model.get_input_embeddings(), ids, soft_id, pad_id, soft)
 
 
 def shared_prefix_length(seqs: list[LMSSequence]) -> int:
