@@ -84,6 +84,7 @@ def test_demo_models_reach_the_target(exact_match):
     assert exact_match >= TARGET, exact_match
 
 
+@pytest.mark.slow  # loads the models in a subprocess and decodes 40 examples: about a minute on a CPU
 def test_eval_demo_json_keys():
     proc = subprocess.run(
         [sys.executable, "-m", "hyfunc.cli", "eval", "demo", "--json", "-n", "40"], cwd=ROOT, capture_output=True, text=True, timeout=600
