@@ -42,6 +42,9 @@ class ModelsConfig(BaseModel):
     vllm_intent_memory: float = Field(default=0.3, gt=0, le=1)
     vllm_lms_memory: float = Field(default=0.3, gt=0, le=1)
     vllm_kv_cache_bytes: int | None = Field(default=None, ge=1)
+    # LMS on vLLM: hand multi-token injections back into the next request's prompt (fewer engine
+    # steps; on this CPU faster at batch 1, slower at batch 32 — docs/vllm.md) or emit them one per step.
+    vllm_jump_forward: bool = False
 
 
 class CascadeConfig(BaseModel):

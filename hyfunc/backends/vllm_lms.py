@@ -18,8 +18,8 @@ in place of our transformers decoder. Per job:
   (``ProgramCursor``), which yields the calls and the injected / generated counts; prompt reuse
   comes from vLLM's ``num_cached_tokens``.
 
-vLLM emits one token per step. Left at that, each injected token would cost a decode step (our
-decoder appends a whole injected chunk in one pass). With ``jump_forward`` (the default) a job is
+vLLM emits one token per step, so each injected token costs a decode step (our decoder appends a
+whole injected chunk in one pass). With ``jump_forward`` (``models.vllm_jump_forward``) a job is
 a chain of requests instead: the program's first injection is part of the first prompt, and
 where the program injects two or more tokens before its next decision the engine ends the
 request (the stop token, one step) and the next request carries the injection in its prompt.
@@ -81,7 +81,7 @@ class VLLMLMSBackend:
         max_rows: int = 256,
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
-        jump_forward: bool = True,
+        jump_forward: bool = False,
         block_size: int | None = None,
     ):
         try:
@@ -144,6 +144,7 @@ class VLLMLMSBackend:
             memory=models.vllm_lms_memory,
             kv_cache_bytes=models.vllm_kv_cache_bytes,
             max_rows=max(max_rows, 1),
+            jump_forward=models.vllm_jump_forward,
         )
 
     # -- requests -------------------------------------------------------------------------------

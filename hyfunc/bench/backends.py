@@ -207,6 +207,7 @@ def run_backends_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     hf, vl = load_cascades(models_dir, device, dtype, out_dir / "index", max(batch_sizes))
+    vl.decoder.jump_forward = True  # the warm-up and the same-calls check run with jump-forward
     log(f"loaded both cascades in {time.perf_counter() - t:.0f} s")
     report: dict[str, Any] = {
         "kind": "backends",
@@ -227,14 +228,11 @@ def run_backends_bench(
             log(f"{mode}, batch {size}: {n} jobs")
             if mode in ("vllm-structured", "vllm-gold-json"):
                 row = _structured_mode(vl, examples[:n], size, gold=mode == "vllm-gold-json")
-            elif mode == "vllm-no-jump":
-                vl.decoder.jump_forward = False
-                try:
-                    row = _cascade_mode(vl, examples[:n], size)
-                finally:
-                    vl.decoder.jump_forward = True
+            elif mode in ("vllm", "vllm-no-jump"):
+                vl.decoder.jump_forward = mode == "vllm"
+                row = _cascade_mode(vl, examples[:n], size)
             else:
-                row = _cascade_mode(hf if mode == "transformers" else vl, examples[:n], size)
+                row = _cascade_mode(hf, examples[:n], size)
             rows.append({"mode": mode, "batch": size, **row})
     report["rows"] = rows
     by = {(row["mode"], row["batch"]): row for row in rows}
@@ -252,6 +250,7 @@ def run_backends_bench(
                 by[("transformers", big)]["jobs_per_s"] / gold, 2
             )
     if same_n:
+        vl.decoder.jump_forward = True
         report["same_calls"] = same_calls(hf, vl, examples[:same_n], big, log)
     (out_dir / "backends.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "backends.md").write_text(markdown(report))

@@ -176,18 +176,18 @@ def test_lms_jump_forward_same_calls_fewer_steps(cascades):
     step: the same answers, and fewer engine steps with jump-forward."""
     _, vl = cascades
     backend = vl.decoder
-    assert backend.jump_forward
+    assert not backend.jump_forward  # models.vllm_jump_forward defaults to off
     reqs = _requests()
     before = backend.forward_passes
-    jumped = vl.run(reqs)
-    jump_steps = backend.forward_passes - before
-    backend.jump_forward = False
+    plain = vl.run(reqs)
+    plain_steps = backend.forward_passes - before
+    backend.jump_forward = True
     try:
         before = backend.forward_passes
-        plain = vl.run(reqs)
-        plain_steps = backend.forward_passes - before
+        jumped = vl.run(reqs)
+        jump_steps = backend.forward_passes - before
     finally:
-        backend.jump_forward = True
+        backend.jump_forward = False
     assert [_answer(r) for r in jumped] == [_answer(r) for r in plain]
     assert [(r.tokens.generated, r.tokens.injected) for r in jumped] == [(r.tokens.generated, r.tokens.injected) for r in plain]
     assert jump_steps < plain_steps
