@@ -128,7 +128,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _missing_asked:
         return
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "not reachable at" in str(r.longrepr)]
-    where = ", ".join(f"{name} ({SERVICE_URLS[name][0]}={SERVICE_URLS[name][1]})" for name in sorted(_missing_asked))
+    # Every service that is down, not only those the skipped tests reached first.
+    where = ", ".join(f"{name} ({SERVICE_URLS[name][0]}={SERVICE_URLS[name][1]})" for name in sorted(service_problems()))
     terminalreporter.write_line(
         f"{len(skipped)} service tests skipped: start {where}, or point those variables at running ones "
         "(README.md, Tests); CI=true makes a missing service a failure")
