@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hyfunc.cascade import runner as runner_module
 from hyfunc.cascade.attention import use_cpu_attention
 from hyfunc.cascade.prefix_cache import KV, PrefixCache, kv_cat
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
@@ -214,16 +215,21 @@ class ContinuousDecoder:
 
         # Running rows decode (one narrow pass), then admitted rows prefill (a pass of their own).
         # A decode pass may be narrower than a row's chunk (see widths.py): the row feeds the
-        # chunk's head, carries the rest, and makes no decision this step.
+        # chunk's head, carries the rest, and makes no decision this step. A prompt longer than
+        # PREFILL_SLICE_TOKENS is fed that many tokens per step the same way, so one long prompt
+        # (a pathological schema) never holds the running rows for its whole prefill: they go on
+        # deciding, one token per step, while it is fed.
+        slice_tokens = runner_module.PREFILL_SLICE_TOKENS
         present = list(sched.running)
         running = present[: len(present) - len(admitted)]
         hidden = []
         if running:
             lengths = [len(row.chunk) for row in running]
             width = self.widths.width(lengths) if self.widths is not None else max(lengths)
-            pieces = [row.chunk[:width] for row in running]
+            pieces = [row.chunk[: min(width, slice_tokens)] for row in running]
             tp = time.perf_counter()
-            hidden.append(runner.forward(pieces, [None] * len(running)))
+            hidden.append(runner.forward(pieces, [self._soft_part(row, piece) for row, piece in zip(running, pieces,
+                                                                                                     strict=True)]))
             if self.widths is not None:
                 self.widths.observe(len(running) * max(len(piece) for piece in pieces), time.perf_counter() - tp)
             for row, piece in zip(running, pieces, strict=True):
@@ -233,12 +239,15 @@ class ContinuousDecoder:
                     row.stats.carry_passes += 1
             decoder.forward_passes += 1
         if admitted:
-            soft = [row.job.soft_embeddings for row in admitted]
-            hidden.append(runner.prefill(start_kvs, [row.chunk for row in admitted], soft, groups))
+            heads = [row.chunk[:slice_tokens] for row in admitted]
+            soft = [self._soft_part(row, head) for row, head in zip(admitted, heads, strict=True)]
+            hidden.append(runner.prefill(start_kvs, heads, soft, groups))
             decoder.forward_passes += len(groups)
-            for row in admitted:
-                row.stats.fed_tokens += len(row.chunk)
-                row.chunk = []
+            for row, head in zip(admitted, heads, strict=True):
+                row.stats.fed_tokens += len(head)
+                row.chunk = row.chunk[len(head) :]
+                if row.chunk:
+                    row.stats.carry_passes += 1
         self.steps += 1
         decoder.steps += 1
         t2 = time.perf_counter()
@@ -270,11 +279,22 @@ class ContinuousDecoder:
             row.stats.sample_ms += (t3 - t2) * 1000
         return [(row.key, row.result()) for row in finished]
 
+    def _soft_part(self, row: Row, piece: list[int]) -> torch.Tensor | None:
+        """The row's projected soft tokens for the slots in ``piece`` (the next ones in order)."""
+        slots = piece.count(self.decoder.soft_id)
+        if not slots or row.job.soft_embeddings is None:
+            return None
+        part = row.job.soft_embeddings[row.soft_fed : row.soft_fed + slots]
+        row.soft_fed += slots
+        return part
+
     def _remember_prompt(self, r: int, row: Row) -> None:
         """Put the row's cacheable prompt KV (just computed, or partly reused) into the prefix cache."""
         cache = self.decoder.cache
         if cache is None or row.cacheable <= row.stats.prompt_reused:
             return
+        if row.stats.fed_tokens < row.cacheable - row.stats.prompt_reused:
+            return  # a long prompt still being fed: its KV does not cover the cacheable part yet
         start = len(self.decoder.prefix_ids)
         kv = self.runner.row_kv(r, start, start + row.cacheable)
         cache.insert(row.job.prompt_ids[: row.cacheable], kv)

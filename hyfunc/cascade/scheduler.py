@@ -97,6 +97,7 @@ class Row:
     match: PrefixMatch | None = None
     call_tokens: int = 0  # generated in the current call
     call_number: int = 0
+    soft_fed: int = 0  # soft-token slots fed so far (a long prompt is fed over several passes)
 
     def result(self) -> DecodeResult:
         return DecodeResult(calls=self.calls, stats=self.stats, error=self.error)

@@ -119,3 +119,35 @@ def test_a_job_over_a_limit_fails_alone_in_the_cascade(tiny_config) -> None:
     cascade.config.max_prompt_tokens = 20
     long = cascade.run([parse_request({"id": "long", "query": "weather in Lyon", "tools": [WEATHER.to_json()]})])[0]
     assert long.error is not None and "limit cascade.max_prompt_tokens is 20" in long.error
+
+
+def test_a_long_prompt_is_fed_across_steps_beside_running_rows(tiny_bundle, tiny_decoder, make_machine,
+                                                                monkeypatch) -> None:
+    """A prompt longer than PREFILL_SLICE_TOKENS is fed that many tokens per step, as a carried
+    chunk: the calls and every decision are those of one prefill pass, and a short job admitted
+    with a long one finishes while the long one is still being fed."""
+    from test_decoder import SPECS, make_job
+
+    def jobs():
+        return [make_job(s, tiny_bundle, make_machine)[0] for s in SPECS]
+
+    monkeypatch.setattr(runner_module, "PREFILL_SLICE_TOKENS", 100_000)
+    whole = tiny_decoder.decode(jobs())
+    monkeypatch.setattr(runner_module, "PREFILL_SLICE_TOKENS", 8)
+    fed = tiny_decoder.decode(jobs())
+    for a, b in zip(whole, fed, strict=True):
+        assert a.error is None and b.error is None
+        assert [c.model_dump() for c in a.calls] == [c.model_dump() for c in b.calls]
+        assert (a.stats.generated, a.stats.injected, a.stats.fed_tokens) == (b.stats.generated, b.stats.injected,
+                                                                              b.stats.fed_tokens)
+    assert all(r.stats.carry_passes > 0 for r in fed)  # every demo prompt is longer than 8 tokens
+    # The short "ping" job against the long repeated email query: the long one is fed 8 tokens a
+    # step, so the short one's decisions are not held up behind its whole prompt.
+    monkeypatch.setattr(runner_module, "PREFILL_SLICE_TOKENS", 16)
+    long_job, short_job = make_job(SPECS[1], tiny_bundle, make_machine)[0], make_job(SPECS[4], tiny_bundle,
+                                                                                   make_machine)[0]
+    done = dict(tiny_decoder.stream([long_job, short_job], max_rows=2))
+    long_row, short_row = done[0].stats, done[1].stats
+    assert long_row.first_pass == short_row.first_pass  # admitted in the same step
+    # The long row spent its first carry_passes + 1 passes on its prompt; the short one was done by then.
+    assert short_row.forward_passes <= long_row.carry_passes, (short_row, long_row)
