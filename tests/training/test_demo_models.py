@@ -1,7 +1,6 @@
-"""The shipped demo models (models/demo) on the shipped examples, through the default config.
-
-A real accuracy test of the trained models: `hyfunc run examples/requests.jsonl` with no flags
-(configs/default.yaml -> models/demo), compared call for call with examples/expected.jsonl.
+"""The shipped models on the shipped examples: `hyfunc run examples/requests.jsonl` compared call
+for call with examples/expected.jsonl — the demo-task models (models/demo, `--models`) and the
+general models the default config serves (configs/default.yaml -> models/general).
 """
 
 from __future__ import annotations
@@ -39,11 +38,12 @@ def floor_for(n: int) -> float:
 pytestmark = pytest.mark.skipif(not (MODELS / "hyfunc.json").exists(), reason="models/demo not present")
 
 
-@pytest.fixture(scope="module")
-def exact_match(tmp_path_factory) -> float:
-    out = tmp_path_factory.mktemp("demo-run") / "results.jsonl"
+def examples_exact(tmp_path: Path, models: Path | None) -> float:
+    """Exact match of `hyfunc run examples/requests.jsonl` (the default config; ``models`` overrides its models)."""
+    out = tmp_path / "results.jsonl"
+    flags = ["--models", str(models)] if models is not None else []
     proc = subprocess.run(
-        [sys.executable, "-m", "hyfunc.cli", "run", "examples/requests.jsonl", "--out", str(out), "--no-record", "--quiet"],
+        [sys.executable, "-m", "hyfunc.cli", "run", "examples/requests.jsonl", *flags, "--out", str(out), "--no-record", "--quiet"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -60,7 +60,12 @@ def exact_match(tmp_path_factory) -> float:
     return hits / len(expected)
 
 
-def test_default_config_runs_the_demo_models_above_floor(exact_match):
+@pytest.fixture(scope="module")
+def exact_match(tmp_path_factory) -> float:
+    return examples_exact(tmp_path_factory.mktemp("demo-run"), MODELS)
+
+
+def test_demo_models_above_floor(exact_match):
     assert exact_match >= floor_for(30), (exact_match, floor_for(30))
 
 
@@ -93,3 +98,45 @@ def test_eval_demo_json_keys():
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"exact_match", "function_accuracy", "no_call_accuracy", "schema_valid", "n"} <= set(metrics)
     assert metrics["n"] == 40 and metrics["schema_valid"] == 1.0
+
+
+GENERAL = ROOT / "models" / "general"
+GENERAL_TARGET = 27 / 30  # issue 15's target for the default models on the shipped examples
+
+
+@pytest.fixture(scope="module")
+def default_exact(tmp_path_factory) -> float:
+    from hyfunc.models.cache import base_dir, read_marker
+
+    manifest = json.loads((GENERAL / "hyfunc.json").read_text())
+    base = manifest["lms_path"].removeprefix("base:")
+    if read_marker(base_dir(base)) is None and not _index_reachable():
+        pytest.skip(f"the default models' base {base} is not pulled and the package index is not reachable")
+    return examples_exact(tmp_path_factory.mktemp("default-run"), None)
+
+
+def _index_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_default_config_serves_the_general_models():
+    from hyfunc.config import load_config
+
+    assert Path(load_config().models_dir()).resolve() == GENERAL.resolve()
+
+
+def test_general_default_models_beat_the_demo_models_on_their_own_examples(default_exact, exact_match):
+    """The general models were trained for tools in general (the demo task one source among
+    several) and still do at least as well as the demo-only models on the demo's examples."""
+    assert default_exact >= exact_match, (default_exact, exact_match)
+
+
+@pytest.mark.xfail(reason="issue 15 target (27/30 exact on the shipped examples) not reached yet", strict=True)
+def test_general_default_models_reach_the_target(default_exact):
+    assert default_exact >= GENERAL_TARGET, default_exact
