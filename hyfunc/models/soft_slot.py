@@ -20,28 +20,25 @@ WRITE_MARKER = "<|write|>"
 def ensure_soft_slot(tokenizer, model=None) -> int:
     """Add `<|soft|>` as a special token when the tokenizer lacks it and give ``model`` an embedding
     row for it when its table is too small. Returns the slot's token id. Idempotent."""
-    if SOFT_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [SOFT_TOKEN]}, replace_extra_special_tokens=False)
-    soft_id = int(tokenizer.convert_tokens_to_ids(SOFT_TOKEN))
-    if model is not None:
-        rows = int(model.get_input_embeddings().weight.shape[0])
-        if soft_id >= rows:
-            _grow_embeddings(model, max(len(tokenizer), soft_id + 1))
-    return soft_id
+    return _ensure_special_token(tokenizer, model, SOFT_TOKEN)
 
 
 def ensure_write_marker(tokenizer, model=None) -> int:
     """Add the template machine's write marker (`<|write|>`, chosen instead of copying a value
     from the query) the way `ensure_soft_slot` adds the slot: a special token and a row that is
     the mean of the others, so training and every load agree without shipping the row."""
-    if WRITE_MARKER not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [WRITE_MARKER]}, replace_extra_special_tokens=False)
-    marker = int(tokenizer.convert_tokens_to_ids(WRITE_MARKER))
+    return _ensure_special_token(tokenizer, model, WRITE_MARKER)
+
+
+def _ensure_special_token(tokenizer, model, text: str) -> int:
+    if text not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [text]}, replace_extra_special_tokens=False)
+    token_id = int(tokenizer.convert_tokens_to_ids(text))
     if model is not None:
         rows = int(model.get_input_embeddings().weight.shape[0])
-        if marker >= rows:
-            _grow_embeddings(model, max(len(tokenizer), marker + 1))
-    return marker
+        if token_id >= rows:
+            _grow_embeddings(model, max(len(tokenizer), token_id + 1))
+    return token_id
 
 
 @torch.no_grad()
