@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from hyfunc.backends.cursor import ProgramCursor
+from hyfunc.cascade.backend import decode_static
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
 from hyfunc.cascade.scheduler import Budgets, DecodeJob, DecodeResult, RowStats
 from hyfunc.cascade.template import CALL_OPEN, TemplateMachine
@@ -201,15 +202,7 @@ class VLLMLMSBackend:
 
     @torch.inference_mode()
     def decode(self, jobs: list[DecodeJob]) -> list[DecodeResult]:
-        session = self.continuous(max_rows=None)
-        for i, job in enumerate(jobs):
-            session.submit(i, job)
-        results: list[DecodeResult | None] = [None] * len(jobs)
-        while session.has_work():
-            for key, result in session.step():
-                results[key] = result
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return decode_static(self, jobs)
 
     @torch.inference_mode()
     def stream(self, jobs: Iterable[DecodeJob], max_rows: int, refill: bool = True) -> Iterator[tuple[int, DecodeResult]]:

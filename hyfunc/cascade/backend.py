@@ -72,6 +72,20 @@ class LMSBackend(Protocol):
     def stream(self, jobs: Iterable[DecodeJob], max_rows: int, refill: bool = True) -> Iterator[tuple[int, DecodeResult]]: ...
 
 
+def decode_static(backend: LMSBackend, jobs: list[DecodeJob]) -> list[DecodeResult]:
+    """A static batch through any backend's session: every job submitted up front, results in
+    job order (what `LMSBackend.decode` means for every backend)."""
+    session = backend.continuous(max_rows=None)
+    for i, job in enumerate(jobs):
+        session.submit(i, job)
+    results: list[DecodeResult | None] = [None] * len(jobs)
+    while session.has_work():
+        for key, result in session.step():
+            results[key] = result
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
 def make_lms_backend(
     bundle: ModelBundle, machine: TemplateMachine, config: CascadeConfig, models: ModelsConfig | None = None
 ) -> LMSBackend:

@@ -30,6 +30,7 @@ from torch import nn
 
 from hyfunc.cascade import runner as runner_module
 from hyfunc.cascade.attention import use_cpu_attention
+from hyfunc.cascade.backend import decode_static
 from hyfunc.cascade.prefix_cache import KV, PrefixCache, kv_cat
 from hyfunc.cascade.prompts import SOFT_TOKEN, lms_shared_prefix
 from hyfunc.cascade.runner import TransformersRunner
@@ -99,15 +100,7 @@ class LMSDecoder:
     def decode(self, jobs: list[DecodeJob]) -> list[DecodeResult]:
         """A static batch: every job admitted in the first step (unless it waits one step for a
         prefix another job is computing); results in job order."""
-        session = self.continuous(max_rows=None)
-        for i, job in enumerate(jobs):
-            session.submit(i, job)
-        results: list[DecodeResult | None] = [None] * len(jobs)
-        while session.has_work():
-            for key, result in session.step():
-                results[key] = result
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return decode_static(self, jobs)
 
     @torch.inference_mode()
     def stream(

@@ -34,6 +34,7 @@ from conftest import (
 )
 from sqlalchemy import select, update
 
+from hyfunc.bench.procs import stop_group
 from hyfunc.store import migrate
 from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.jobs import NewJob, claim_jobs, create_jobs
@@ -208,9 +209,4 @@ def test_prefork_children_beat_for_themselves(own_db: str, redis_url: str, tiny_
         with sessions() as s:
             assert s.get(Worker, child_name).status == "dead"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
