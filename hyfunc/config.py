@@ -14,6 +14,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# Generated-token budgets of one job and of one call in it: the serving default, and what a
+# decoder built without a config (cascade.scheduler.Budgets) uses.
+DEFAULT_MAX_JOB_TOKENS = 2048
+DEFAULT_MAX_CALL_TOKENS = 1024
+
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the source tree: alembic.ini, migrations/ (code, never data)
 
 
@@ -76,8 +81,8 @@ class CascadeConfig(BaseModel):
     pass_overhead_tokens: float | None = Field(default=None, ge=0)
     # Generated-token budgets (null: unbounded). A job, or one call of it, over its budget
     # fails alone with an error naming the key; the rest of its batch goes on.
-    max_job_tokens: int | None = Field(default=2048, ge=1)
-    max_call_tokens: int | None = Field(default=1024, ge=1)
+    max_job_tokens: int | None = Field(default=DEFAULT_MAX_JOB_TOKENS, ge=1)
+    max_call_tokens: int | None = Field(default=DEFAULT_MAX_CALL_TOKENS, ge=1)
     # LMS prompt tokens of one job (its candidates' schemas and the query; null: unbounded). A job
     # over it fails alone before its prefill: the prompt's KV and its prefill are what one job costs.
     max_prompt_tokens: int | None = Field(default=8192, ge=1)

@@ -54,7 +54,7 @@ class LMSDecoder:
         *,
         prefix_cache_bytes: int = 0,
         budgets: Budgets | None = None,
-        split_chunks: bool = False,
+        split_chunks: bool = True,
         pass_overhead_tokens: float | None = None,
     ):
         self.model = model

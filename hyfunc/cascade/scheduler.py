@@ -23,6 +23,7 @@ import torch
 
 from hyfunc.cascade.prefix_cache import PrefixCache, PrefixMatch
 from hyfunc.cascade.template import Generate, Inject, Program
+from hyfunc.config import DEFAULT_MAX_CALL_TOKENS, DEFAULT_MAX_JOB_TOKENS
 from hyfunc.schema import Call, Tool
 
 # A job waits one step for another's prefix when they share at least this many uncached tokens.
@@ -76,10 +77,12 @@ class DecodeResult:
 
 @dataclass
 class Budgets:
-    """Generated-token budgets (None: unbounded). A job over either fails alone."""
+    """Generated-token budgets (None: unbounded). A job over either fails alone. The defaults are
+    the serving config's (`cascade.max_job_tokens` / `max_call_tokens`), so a decoder built
+    without a config behaves as a served one."""
 
-    max_job_tokens: int | None = None
-    max_call_tokens: int | None = None
+    max_job_tokens: int | None = DEFAULT_MAX_JOB_TOKENS
+    max_call_tokens: int | None = DEFAULT_MAX_CALL_TOKENS
 
 
 @dataclass(eq=False)

@@ -68,7 +68,8 @@ def tiny_config(tiny_config):
 @pytest.fixture(scope="session")
 def tiny_decoder(tiny_bundle, machine):
     """One LMSDecoder for the session, as in a worker process (its shared prefix is computed once).
-    It runs whatever program each job brings, so tests pair it with machines of any limits."""
+    It runs whatever program each job brings, so tests pair it with machines of any limits.
+    Passes are never split: the width policy is fitted from pass timings, and the tests count passes."""
     from hyfunc.cascade.decoder import LMSDecoder
 
-    return LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    return LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)

@@ -176,7 +176,7 @@ def test_the_soft_slot_is_added_and_placed_identically_in_training_and_inference
         from hyfunc.cascade.decoder import LMSDecoder
         from hyfunc.cascade.template import TemplateMachine
 
-        decoder = LMSDecoder(model, tok, TemplateMachine(tok), torch.device("cpu"))
+        decoder = LMSDecoder(model, tok, TemplateMachine(tok), torch.device("cpu"), split_chunks=False)
         assert decoder.prefix_ids == prefix and decoder.soft_id == soft_id
     # Exactly one slot, in the user turn right after the query, before the turn closes.
     assert prompt.count(soft_id) == 1 and soft_id not in prefix

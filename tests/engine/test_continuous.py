@@ -84,8 +84,8 @@ def test_submit_and_step_while_running(tiny_decoder, tiny_bundle, make_machine) 
 
 
 def test_prefix_cache_keeps_greedy_results(tiny_bundle, machine, make_machine) -> None:
-    plain = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
-    cached = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, prefix_cache_bytes=1 << 26)
+    plain = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
+    cached = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, prefix_cache_bytes=1 << 26, split_chunks=False)
     reference = plain.decode(jobs(tiny_bundle, make_machine))
     first = cached.decode(jobs(tiny_bundle, make_machine))
     second = cached.decode(jobs(tiny_bundle, make_machine))  # same prompts again: almost all reused
@@ -115,8 +115,8 @@ def test_shared_schemas_are_computed_once_per_batch(tiny_bundle, machine, make_m
     from test_decoder import Spec
 
     same_tools = [Spec(f"weather in city number {i}", [WEATHER, PING], 1, 10 + i) for i in range(4)]
-    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, prefix_cache_bytes=1 << 26)
-    plain = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, prefix_cache_bytes=1 << 26, split_chunks=False)
+    plain = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
     results = decoder.decode(jobs(tiny_bundle, make_machine, same_tools))
     reference = plain.decode(jobs(tiny_bundle, make_machine, same_tools))
     for r, ref in zip(results, reference, strict=True):
@@ -176,9 +176,11 @@ def test_job_over_its_token_budget_fails_alone(tiny_bundle, make_machine) -> Non
     machine = make_machine(max_array_items=8, max_number_tokens=2, max_calls=1)
     budget = 300  # unbounded, this job would decode 8**8 items
     decoder = LMSDecoder(
-        tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, budgets=Budgets(max_job_tokens=budget)
+        tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device,
+        budgets=Budgets(max_job_tokens=budget, max_call_tokens=None), split_chunks=False,
     )
-    unbounded = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    unbounded = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device,
+                           budgets=Budgets(None, None), split_chunks=False)
     neighbours = SPECS[:3]
     alone = [unbounded.decode([job])[0] for job in jobs(tiny_bundle, make_machine, neighbours)]
     batch = jobs(tiny_bundle, make_machine, neighbours)
@@ -201,7 +203,7 @@ def test_job_over_its_token_budget_fails_alone(tiny_bundle, make_machine) -> Non
 def test_per_call_budget(tiny_bundle, make_machine) -> None:
     machine = make_machine(max_array_items=8, max_number_tokens=2, max_calls=1)
     decoder = LMSDecoder(
-        tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, budgets=Budgets(max_call_tokens=40)
+        tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, budgets=Budgets(max_call_tokens=40), split_chunks=False
     )
     (result,) = decoder.decode([hostile_job(tiny_bundle, machine)])
     assert result.error == "generated-token budget cascade.max_call_tokens=40 exceeded in call 1"
@@ -290,6 +292,6 @@ def test_runner_matches_a_plain_forward(tiny_bundle, tiny_decoder) -> None:
 
 
 def test_empty_stream_runs_nothing(tiny_bundle, machine) -> None:
-    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
     assert list(decoder.stream(iter([]), max_rows=4)) == []
     assert decoder.prefix_passes == 0 and decoder.forward_passes == 0 and decoder.steps == 0

@@ -26,7 +26,7 @@ from engine_support import (
     recording,
 )
 
-from hyfunc.cascade.decoder import DecodeJob, DecodeResult, LMSDecoder
+from hyfunc.cascade.decoder import Budgets, DecodeJob, DecodeResult, LMSDecoder
 from hyfunc.cascade.prompts import lms_job_prompt
 from hyfunc.cascade.template import CALL_NEXT, END_OF_ANSWER, Generate, Program
 from hyfunc.schema import Tool
@@ -74,7 +74,7 @@ def at_least_calls(program: Program, calls: int, next_id: int, end_id: int) -> P
 
 @pytest.fixture(scope="module")
 def decoder(tiny_bundle, machine) -> LMSDecoder:
-    return LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    return LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
 
 
 def make_job(spec: Spec, bundle, make_machine) -> tuple[DecodeJob, Trace]:
@@ -148,7 +148,7 @@ def test_every_token_is_fed_exactly_once(decoder, tiny_bundle, make_machine) -> 
 
 
 def test_shared_prefix_is_computed_once_per_process(tiny_bundle, machine, make_machine) -> None:
-    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    decoder = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
     assert decoder.prefix_passes == 0
     for size in (1, 3, 2, 4):
         decoder.decode([make_job(s, tiny_bundle, make_machine)[0] for s in SPECS[:size]])
@@ -206,3 +206,18 @@ def test_name_prior_bias_is_the_log_mass_behind_each_token(make_machine) -> None
     step = program.send(1)
     assert step.allowed == [2, 3]
     assert step.bias == pytest.approx([math.log(2 / 3), math.log(1 / 3)])
+
+
+def test_a_decoder_without_a_config_has_the_serving_defaults(tiny_bundle, machine) -> None:
+    """Defaults live in one place: a bare decoder splits passes and bounds tokens as the config does."""
+    import inspect
+
+    from hyfunc.config import CascadeConfig
+
+    config = CascadeConfig()
+    assert Budgets() == Budgets(config.max_job_tokens, config.max_call_tokens)
+    default_split = inspect.signature(LMSDecoder.__init__).parameters["split_chunks"].default
+    assert default_split is config.split_chunks
+    bare = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    assert bare.budgets == Budgets(config.max_job_tokens, config.max_call_tokens)
+    assert bare.widths is not None  # CPU: passes are split as served

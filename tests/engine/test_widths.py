@@ -99,7 +99,7 @@ def test_prefill_groups_are_the_cheapest_partition(lengths, overhead):
 
 def test_grouped_prefill_gives_the_same_calls(tiny_bundle, machine, make_machine):
     """Rows admitted together prefill in several length groups (one pass each) and decide as in one pass."""
-    whole = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device)
+    whole = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device, split_chunks=False)
     grouped = LMSDecoder(tiny_bundle.lms, tiny_bundle.lms_tokenizer, machine, tiny_bundle.device,
                          split_chunks=True, pass_overhead_tokens=1.0)
     a = whole.decode([make_job(s, tiny_bundle, make_machine)[0] for s in SPECS])
