@@ -1,10 +1,11 @@
 """Speed of a cascade whose LMS is a pretrained base (a pulled SmolLM2-135M or Gemma 3 270M).
 
-No fine-tuned pretrained-LMS models ship (fine-tuning one needs a GPU: README, issue 9), so the
-models measured here are the demo cascade's MiniLM intent model and retriever with the LMS
-swapped for the pulled base and a zero projector (its soft slot adds nothing). What an untuned
-LMS writes is not what a tuned one would, but the work per job — the prompt, the passes, the
-head — is the same shape, and the counts of tokens and passes are reported beside the times.
+By default the models measured are the demo cascade's MiniLM intent model and retriever with the
+LMS swapped for the pulled base and a zero projector (its soft slot adds nothing); `--trained DIR`
+measures a models directory with a fine-tuned base LMS instead (e.g. `models/general`, the LoRA
+SmolLM2 the default config serves). What an untuned LMS writes is not what a tuned one would, but
+the work per job — the prompt, the passes, the head — is the same shape, and the counts of tokens
+and passes are reported beside the times.
 
 Rows: p50 ms per call at batch 1 and jobs/s at batch 1 and 32, per dtype (float32 and bfloat16:
 on a CPU with AVX-512 BF16 the half-width weights are read and multiplied much faster), after a
