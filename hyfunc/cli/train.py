@@ -151,6 +151,31 @@ def _stage_command(stage: str):
     return run
 
 
+def cmd_train_compare_lms(args: argparse.Namespace) -> int:
+    from hyfunc.bench.lms_choice import compare_lms, markdown, parse_variant, write_report
+
+    overrides: dict = {"work_dir": args.work_dir}
+    if args.steps is not None and args.steps < 1:
+        raise CliError("--steps must be at least 1")
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    recipe = _recipe(args.config, overrides)
+    if args.steps is not None:
+        from dataclasses import replace
+
+        recipe = replace(recipe, lms=replace(recipe.lms, steps=args.steps, save_every=args.steps))
+    try:
+        report = compare_lms(recipe, variants, args.demo_n, args.seal_limit, args.seal_data, args.serve_config)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if args.out:
+        write_report(report, Path(args.out))
+    print(markdown(report))
+    return 0
+
+
 def add_train_commands(sub) -> None:
     train = sub.add_parser("train", help="training pipeline")
     tsub = train.add_subparsers(dest="train_command", required=True)
@@ -180,6 +205,21 @@ def add_train_commands(sub) -> None:
     compare.add_argument("--lm-steps", type=int, default=1500, help="training steps of the from-scratch causal LML")
     compare.add_argument("--out", help="also write the report as JSON here")
     compare.set_defaults(func=cmd_compare_intent)
+    choice = tsub.add_parser(
+        "compare-lms", help="train LMS variants (base, LoRA layers, bf16, ...) on the same data and score them side by side"
+    )
+    choice.add_argument("--config", required=True, help="the training recipe the variants start from")
+    choice.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...",
+                        help="e.g. smollm2: or gemma:lms_init=base:gemma3-270m or top8:lms.lora_layers=8 (repeat)")
+    choice.add_argument("--steps", type=int, help="LMS steps of every variant (default: the recipe's)")
+    choice.add_argument("--demo-n", type=int, default=100, help="demo held-out examples scored (default %(default)s)")
+    choice.add_argument("--seal-limit", type=int, default=0,
+                        help="also score the first N Seal-Tools test_in_domain questions (needs --seal-data or $HYFUNC_SEAL_DIR)")
+    choice.add_argument("--seal-data", help="the Seal-Tools dataset directory")
+    choice.add_argument("--serve-config", default="configs/default.yaml", help="serving config the variants are scored with")
+    choice.add_argument("--work-dir", help="root of the variants' work directories (default: the recipe's)")
+    choice.add_argument("--out", help="write lms_choice.json and lms_choice.md here")
+    choice.set_defaults(func=cmd_train_compare_lms)
     demo = tsub.add_parser("demo", help="reproduce the shipped demo models (models/demo)")
     demo.add_argument("--out", help="models directory to write (default: models/demo, which needs --force)")
     demo.add_argument("--force", action="store_true", help="overwrite a models directory that already holds models")

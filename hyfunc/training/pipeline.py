@@ -345,8 +345,10 @@ def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = No
     if not _done(work, "lms"):
         sequences = _sequences(recipe, train, machine, tokenizer, retriever, cache)
         _log(f"lms: {len(sequences)} sequences, mean length {sum(len(s.ids) for s in sequences) / len(sequences):.0f} tokens")
+        lms_started = time.time()
         losses = train_lms(lms, projector, tokenizer, sequences, recipe.lms, work / "lms_checkpoint", recipe.device, progress)
-        _mark(work, "lms", {"first_loss": losses[0], "final_loss": sum(losses[-20:]) / min(20, len(losses))})
+        _mark(work, "lms", {"first_loss": losses[0], "final_loss": sum(losses[-20:]) / min(20, len(losses)),
+                            "steps": len(losses), "seconds": round(time.time() - lms_started, 1)})
     else:
         from hyfunc.training.lms import latest_checkpoint, load_trained_weights
 

@@ -348,3 +348,26 @@ def test_training_ships_the_adapter_for_a_base_and_the_merged_model_otherwise(ba
     merged = AutoModelForCausalLM.from_pretrained(str(out / "lms"))
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     assert "<|soft|>" in AutoTokenizer.from_pretrained(str(out / "lms")).get_vocab()
+
+
+def test_lora_on_the_top_layers_only_still_trains_the_projector(source) -> None:
+    """`lms.lora_layers: 1` puts adapters on the last layer only; the soft token enters at layer 0,
+    so the projector still gets a gradient through the frozen layer below."""
+    from hyfunc.models.projector import ProjectorConfig, SoftTokenProjector
+    from hyfunc.models.soft_slot import ensure_soft_slot
+    from hyfunc.training.lms import LMSSequence, LMSTrainConfig, apply_lora, selective_loss
+
+    _, tokenizer, _ = source
+    model = tiny_llama(tokenizer, seed=6)
+    soft_id = ensure_soft_slot(tokenizer, model)
+    projector = SoftTokenProjector(ProjectorConfig(input_dim=8, output_dim=64, hidden_dim=16))
+    wrapped = apply_lora(model, LMSTrainConfig(lora=True, lora_rank=4, lora_layers=1))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in wrapped.named_parameters() if "lora_" in n}
+    assert adapted == {"1"}  # of layers 0 and 1
+    ids = torch.randint(10, 300, (14,)).tolist()
+    ids[3] = soft_id
+    loss = selective_loss(wrapped, projector, [LMSSequence(ids, [i >= 8 for i in range(14)], torch.randn(8))], soft_id, 0, "cpu")
+    loss.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in projector.parameters())
+    with pytest.raises(ValueError, match="lora_layers"):
+        apply_lora(tiny_llama(tokenizer, seed=6), LMSTrainConfig(lora=True, lora_layers=3))
