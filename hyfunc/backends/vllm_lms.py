@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -63,6 +64,31 @@ def vllm_engine_kwargs(device: str, memory: float, kv_cache_bytes: int | None) -
     if kv_cache_bytes is not None:
         out["kv_cache_memory_bytes"] = int(kv_cache_bytes)
     return out
+
+
+def shut_down_at_exit(llm: Any) -> None:
+    """Stop ``llm``'s engine core when the interpreter exits, before ``multiprocessing`` joins its
+    children. With vLLM's multiprocessing on (its default) the engine core is a non-daemonic child
+    process, stopped by a finalizer of vLLM's that runs only once the ``LLM`` is collected. A process
+    that keeps its engine to the end (a Celery worker's runner is a module global) never collects
+    it: at exit ``multiprocessing`` joined the engine core and waited for ever (the worker hung on
+    SIGTERM). A plain ``atexit`` handler does not help: ``multiprocessing`` re-registers its exit
+    handler whenever its logger is first asked for (Celery does), so it may run first. Its own
+    exit finalizers with a priority run before it joins children: this is one."""
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _shut_down, args=(weakref.ref(llm),), exitpriority=10)
+
+
+def _shut_down(ref: weakref.ref) -> None:
+    llm = ref()
+    if llm is not None:
+        shut_down(llm)
+
+
+def shut_down(llm: Any) -> None:
+    """Stop an ``LLM``'s engine core now (its process, if it has one); a second call does nothing."""
+    llm.llm_engine.engine_core.shutdown()
 
 
 class VLLMLMSBackend:
@@ -123,6 +149,7 @@ class VLLMLMSBackend:
             distributed_executor_backend="uni",
             **vllm_engine_kwargs(device, memory, kv_cache_bytes),
         )
+        shut_down_at_exit(self.llm)
         self.engine = self.llm.llm_engine
         self.hidden_size = int(self.llm.llm_engine.model_config.get_hidden_size())
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
@@ -147,6 +174,10 @@ class VLLMLMSBackend:
             max_rows=max(max_rows, 1),
             jump_forward=models.vllm_jump_forward,
         )
+
+    def close(self) -> None:
+        """Stop the engine (its engine-core process, if any); the backend cannot decode after this."""
+        shut_down(self.llm)
 
     # -- requests -------------------------------------------------------------------------------
 
