@@ -19,7 +19,9 @@ them is the LMS backend's. Reported per mode and batch size: jobs/s, p50/p95 of 
 (its batch's wall time, the same measure for all three), tokens generated and injected per job,
 LMS forward passes (batched passes for ours, engine steps for vLLM), exact match against the gold
 calls. Plus the same-calls check: every demo held-out job through both cascades, each difference
-listed (``--same-n``).
+listed (``--same-n``), and the same on a BFCL sample (``--bfcl CATEGORIES --bfcl-n N``: the first
+N loadable questions of each category; BFCL is evaluation data only). ``--throughput-jobs 0``
+runs the same-calls checks alone.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def load_cascades(models_dir: Path, device: str, dtype: str, index_dir: Path, ba
     return hf, vl
 
 
-def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None]) -> dict[str, Any]:
+def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None], label: str = "demo") -> dict[str, Any]:
     """Every example through both cascades (batches of ``batch_size``); the differences listed."""
     from hyfunc.schema import CallRequest
 
@@ -64,20 +66,32 @@ def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None]) ->
         chunk = examples[start : start + batch_size]
         requests = [CallRequest(id=str(start + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)]
         a, b = hf.run(requests), vl.run(requests)
-        for ex, x, y in zip(chunk, a, b, strict=True):
+        for i, (ex, x, y) in enumerate(zip(chunk, a, b, strict=True)):
             if (_calls(x), x.error) != (_calls(y), y.error):
                 differences.append(
                     {
+                        "id": str(getattr(ex, "id", None) or start + i),
                         "query": ex.query,
                         "transformers": {"calls": _calls(x), "error": x.error},
                         "vllm": {"calls": _calls(y), "error": y.error},
                         "generated": [x.tokens.generated, y.tokens.generated],
                     }
                 )
-        log(f"same calls: {start + len(chunk)}/{len(examples)} jobs, {len(differences)} differ")
+        log(f"same calls ({label}): {start + len(chunk)}/{len(examples)} jobs, {len(differences)} differ")
     n = len(examples)
     return {"jobs": n, "same": n - len(differences), "agreement": r((n - len(differences)) / n, 4) if n else None,
             "differences": differences}
+
+
+def bfcl_sample(categories: tuple[str, ...], n: int) -> dict[str, list]:
+    """The first ``n`` loadable questions of each BFCL category (bfcl-eval's shipped data)."""
+    from hyfunc.data.loaders import load_bfcl_category
+
+    out = {}
+    for category in categories:
+        examples, _report = load_bfcl_category(category, progress=False, check_answers=False)
+        out[category] = examples[:n]
+    return out
 
 
 def _cascade_mode(cascade, examples, batch_size: int) -> dict[str, Any]:
@@ -112,6 +126,16 @@ def _row(n: int, total: float, latencies: list[float], generated: int, injected:
         "lms_passes": passes,
         "exact_match": r(exact / n, 3),
     }
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of a mode's rounds, the one with the median jobs/s (the lower middle of an even count),
+    with every round's jobs/s beside it."""
+    ordered = sorted(runs, key=lambda row: row["jobs_per_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        row["jobs_per_s_rounds"] = [run["jobs_per_s"] for run in runs]
+    return row
 
 
 def calls_schema(tools, max_calls: int) -> dict[str, Any]:
@@ -200,6 +224,9 @@ def run_backends_bench(
     batch_sizes: tuple[int, ...] = (1, 32),
     same_n: int = 400,
     modes: tuple[str, ...] = MODES,
+    bfcl: tuple[str, ...] = (),
+    bfcl_n: int = 20,
+    repeat: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     from hyfunc.data.demo_task import generate_demo_examples
@@ -216,24 +243,28 @@ def run_backends_bench(
         "dtype": dtype,
         "lms_versions": hf.model_versions,
     }
-    examples = generate_demo_examples("heldout", max(jobs, same_n), 1)
-    warm = examples[:4]
-    _cascade_mode(hf, warm, 4)  # shared prefix, index, first-call costs outside the timings
-    _cascade_mode(vl, warm, 4)
-    _structured_mode(vl, warm, 4)
+    examples = generate_demo_examples("heldout", max(jobs, same_n, 4), 1)
     rows = []
-    for size in batch_sizes:
+    if jobs:
+        warm = examples[:4]
+        _cascade_mode(hf, warm, 4)  # shared prefix, index, first-call costs outside the timings
+        _cascade_mode(vl, warm, 4)
+        _structured_mode(vl, warm, 4)
+    for size in batch_sizes if jobs else ():
         n = jobs if size > 1 else min(jobs, 16)
-        for mode in modes:
-            log(f"{mode}, batch {size}: {n} jobs")
-            if mode in ("vllm-structured", "vllm-gold-json"):
-                row = _structured_mode(vl, examples[:n], size, gold=mode == "vllm-gold-json")
-            elif mode in ("vllm", "vllm-no-jump"):
-                vl.decoder.jump_forward = mode == "vllm"
-                row = _cascade_mode(vl, examples[:n], size)
-            else:
-                row = _cascade_mode(hf, examples[:n], size)
-            rows.append({"mode": mode, "batch": size, **row})
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        for attempt in range(repeat):  # the modes take turns, so a change in the machine's load hits them all
+            for mode in modes:
+                log(f"{mode}, batch {size}: {n} jobs" + (f" (round {attempt + 1}/{repeat})" if repeat > 1 else ""))
+                if mode in ("vllm-structured", "vllm-gold-json"):
+                    row = _structured_mode(vl, examples[:n], size, gold=mode == "vllm-gold-json")
+                elif mode in ("vllm", "vllm-no-jump"):
+                    vl.decoder.jump_forward = mode == "vllm"
+                    row = _cascade_mode(vl, examples[:n], size)
+                else:
+                    row = _cascade_mode(hf, examples[:n], size)
+                runs[mode].append(row)
+        rows += [{"mode": mode, "batch": size, **_median_run(runs[mode])} for mode in modes]
     report["rows"] = rows
     by = {(row["mode"], row["batch"]): row for row in rows}
     big = max(batch_sizes)
@@ -243,6 +274,10 @@ def run_backends_bench(
             "vllm_backend": r(by[("vllm", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
             "transformers_backend": r(by[("transformers", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2),
         }
+        if ("vllm-no-jump", big) in by:  # the vLLM backend as configured by default (models.vllm_jump_forward: false)
+            report["cascade_vs_structured_at_batch"]["vllm_no_jump_backend"] = r(
+                by[("vllm-no-jump", big)]["jobs_per_s"] / by[("vllm-structured", big)]["jobs_per_s"], 2
+            )
         if ("vllm-gold-json", big) in by:
             gold = by[("vllm-gold-json", big)]["jobs_per_s"]
             report["cascade_vs_structured_at_batch"]["vllm_backend_vs_gold_json"] = r(by[("vllm", big)]["jobs_per_s"] / gold, 2)
@@ -252,6 +287,12 @@ def run_backends_bench(
     if same_n:
         vl.decoder.jump_forward = True
         report["same_calls"] = same_calls(hf, vl, examples[:same_n], big, log)
+    if bfcl:
+        vl.decoder.jump_forward = True
+        report["same_calls_bfcl"] = {
+            category: same_calls(hf, vl, sample, big, log, label=f"bfcl {category}")
+            for category, sample in bfcl_sample(bfcl, bfcl_n).items()
+        }
     (out_dir / "backends.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "backends.md").write_text(markdown(report))
     return report
@@ -262,25 +303,34 @@ def markdown(report: dict[str, Any]) -> str:
         "# hyfunc bench backends",
         "",
         f"Models: `{report['models']}` ({report['dtype']}); machine: {report['machine'].get('cpu', report['machine'])}.",
-        "",
-        "| mode | batch | jobs | jobs/s | p50 ms | p95 ms | generated/job | injected/job | LMS passes | exact match |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if report["rows"]:
+        lines += [
+            "",
+            "| mode | batch | jobs | jobs/s | p50 ms | p95 ms | generated/job | injected/job | LMS passes | exact match |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for row in report["rows"]:
+        rounds = row.get("jobs_per_s_rounds")
+        speed = f"{row['jobs_per_s']} (rounds: {', '.join(map(str, rounds))})" if rounds else row["jobs_per_s"]
         lines.append(
-            f"| {row['mode']} | {row['batch']} | {row['jobs']} | {row['jobs_per_s']} | {row['p50_ms']} | {row['p95_ms']} | "
+            f"| {row['mode']} | {row['batch']} | {row['jobs']} | {speed} | {row['p50_ms']} | {row['p95_ms']} | "
             f"{row['generated_per_job']} | {row['injected_per_job']} | {row['lms_passes']} | {row['exact_match']} |"
         )
     ratio = report.get("cascade_vs_structured_at_batch")
     if ratio:
+        no_jump = f" ({ratio['vllm_no_jump_backend']}x without jump-forward)" if "vllm_no_jump_backend" in ratio else ""
         lines += ["", f"Templated cascade vs plain vLLM structured output at batch {ratio['batch']}: "
-                  f"vLLM backend {ratio['vllm_backend']}x, transformers backend {ratio['transformers_backend']}x (jobs/s)."]
+                  f"vLLM backend {ratio['vllm_backend']}x{no_jump}, transformers backend {ratio['transformers_backend']}x (jobs/s)."]
         if "vllm_backend_vs_gold_json" in ratio:
             lines.append(f"Against the gold JSON forced token by token: vLLM backend {ratio['vllm_backend_vs_gold_json']}x, "
                          f"transformers backend {ratio['transformers_backend_vs_gold_json']}x.")
-    same = report.get("same_calls")
-    if same:
-        lines += ["", f"Same calls, vLLM vs transformers backend: {same['same']}/{same['jobs']} ({same['agreement']})."]
+    checks = []
+    if report.get("same_calls"):
+        checks.append(("demo held-out", report["same_calls"]))
+    checks += [(f"BFCL {category}", same) for category, same in report.get("same_calls_bfcl", {}).items()]
+    for label, same in checks:
+        lines += ["", f"Same calls, vLLM vs transformers backend, {label}: {same['same']}/{same['jobs']} ({same['agreement']})."]
         for d in same["differences"]:
-            lines.append(f"- `{d['query']}`: transformers {json.dumps(d['transformers'])} / vLLM {json.dumps(d['vllm'])}")
+            lines.append(f"- {d.get('id', '')} `{d['query']}`: transformers {json.dumps(d['transformers'])} / vLLM {json.dumps(d['vllm'])}")
     return "\n".join(lines) + "\n"

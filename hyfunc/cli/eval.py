@@ -157,7 +157,10 @@ def cmd_bench_backends(args: argparse.Namespace) -> int:
     """`hyfunc bench backends`: its own run (two LMS engines), outside `bench all`."""
     from hyfunc.bench.backends import MODES, run_backends_bench
     from hyfunc.bench.report import default_out_dir
+    from hyfunc.cli.errors import CliError
 
+    if args.repeat < 1:
+        raise CliError("--repeat must be at least 1")
     if args.threads:
         import torch
 
@@ -167,7 +170,9 @@ def cmd_bench_backends(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     run_backends_bench(
         models, out, device=args.device, dtype=dtype, jobs=args.throughput_jobs, same_n=args.same_n,
-        modes=tuple(args.modes.split(",")) if args.modes else MODES, log=lambda m: print(m, file=sys.stderr),
+        modes=tuple(args.modes.split(",")) if args.modes else MODES,
+        bfcl=tuple(args.bfcl.split(",")) if args.bfcl else (), bfcl_n=args.bfcl_n, repeat=args.repeat,
+        batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), log=lambda m: print(m, file=sys.stderr),
     )
     print((out / "backends.md").read_text())
     print(f"written: {out / 'backends.json'}, {out / 'backends.md'}", file=sys.stderr)
@@ -260,6 +265,12 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
     bench.add_argument("--same-n", type=int, default=400,
                        help="bench backends: demo held-out jobs for the same-calls check (default 400; 0: skip)")
+    bench.add_argument("--bfcl", metavar="CATEGORIES",
+                       help="bench backends: also the same-calls check on a BFCL sample, e.g. simple_python,multiple,parallel")
+    bench.add_argument("--bfcl-n", type=int, default=20, help="bench backends: questions per BFCL category (default 20)")
+    bench.add_argument("--repeat", type=int, default=1,
+                       help="bench backends: rounds of all modes, taken in turn; each row is the median round (default 1)")
+    bench.add_argument("--batch-sizes", default="1,32", help="bench backends: comma-separated batch sizes (default 1,32)")
     bench.add_argument("--modes", help="bench backends: comma-separated modes (default: all of "
                        "transformers,vllm,vllm-no-jump,vllm-structured,vllm-gold-json)")
     bench.add_argument("--tokenizer", action="append", default=[], metavar="NAME=DIR",

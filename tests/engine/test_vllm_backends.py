@@ -194,3 +194,21 @@ def test_lms_jump_forward_same_calls_fewer_steps(cascades):
     for r in plain:
         if r.calls:  # one emitted token per step: every decision and every injected token after the prompt
             assert r.forward_passes.lms == r.tokens.generated + r.tokens.injected
+
+
+def test_bench_same_calls_check(cascades):
+    """`hyfunc bench backends`' same-calls check (the demo held-out and BFCL samples use it)."""
+    from types import SimpleNamespace
+
+    from hyfunc.bench.backends import markdown, same_calls
+
+    hf, vl = cascades
+    examples = [SimpleNamespace(id=f"q{i}", query=q, tools=tools) for i, (q, tools) in enumerate(QUERIES)]
+    out = same_calls(hf, vl, examples, 4, log=lambda _m: None, label="tiny")
+    assert out == {"jobs": len(QUERIES), "same": len(QUERIES), "agreement": 1.0, "differences": []}
+    report = {"models": "m", "dtype": "float32", "machine": {"cpu": "x"}, "rows": [], "same_calls_bfcl": {
+        "multiple": {"jobs": 2, "same": 1, "agreement": 0.5, "differences": [
+            {"id": "multiple_7", "query": "q", "transformers": {"calls": [], "error": None},
+             "vllm": {"calls": [{"name": "f", "arguments": {}}], "error": None}, "generated": [3, 4]}]}}}
+    text = markdown(report)
+    assert "BFCL multiple: 1/2 (0.5)" in text and "- multiple_7 `q`" in text and "| mode |" not in text
