@@ -62,10 +62,13 @@ def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None], la
     from hyfunc.schema import CallRequest
 
     differences = []
+    with_calls = errors = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         requests = [CallRequest(id=str(start + i), query=ex.query, tools=ex.tools) for i, ex in enumerate(chunk)]
         a, b = hf.run(requests), vl.run(requests)
+        with_calls += sum(bool(x.calls) for x in a)
+        errors += sum(x.error is not None for x in a)
         for i, (ex, x, y) in enumerate(zip(chunk, a, b, strict=True)):
             if (_calls(x), x.error) != (_calls(y), y.error):
                 differences.append(
@@ -79,8 +82,9 @@ def same_calls(hf, vl, examples, batch_size: int, log: Callable[[str], None], la
                 )
         log(f"same calls ({label}): {start + len(chunk)}/{len(examples)} jobs, {len(differences)} differ")
     n = len(examples)
+    # with_calls / errors: the transformers backend's jobs that returned calls / failed (what the check covers)
     return {"jobs": n, "same": n - len(differences), "agreement": r((n - len(differences)) / n, 4) if n else None,
-            "differences": differences}
+            "with_calls": with_calls, "errors": errors, "differences": differences}
 
 
 def bfcl_sample(categories: tuple[str, ...], n: int) -> dict[str, list]:
@@ -330,7 +334,8 @@ def markdown(report: dict[str, Any]) -> str:
         checks.append(("demo held-out", report["same_calls"]))
     checks += [(f"BFCL {category}", same) for category, same in report.get("same_calls_bfcl", {}).items()]
     for label, same in checks:
-        lines += ["", f"Same calls, vLLM vs transformers backend, {label}: {same['same']}/{same['jobs']} ({same['agreement']})."]
+        covered = f" ({same['with_calls']} with calls, {same['errors']} failed)" if "with_calls" in same else ""
+        lines += ["", f"Same calls, vLLM vs transformers backend, {label}: {same['same']}/{same['jobs']} ({same['agreement']}){covered}."]
         for d in same["differences"]:
             lines.append(f"- {d.get('id', '')} `{d['query']}`: transformers {json.dumps(d['transformers'])} / vLLM {json.dumps(d['vllm'])}")
     return "\n".join(lines) + "\n"
