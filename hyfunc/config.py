@@ -119,7 +119,15 @@ class WorkerConfig(BaseModel):
     sweep_interval: float = Field(default=10.0, gt=0)
     sweep_in_workers: bool = True  # false: only a `--beat` process sends sweeps (the old way)
     max_attempts: int = Field(default=3, ge=1)
-    concurrency: int = Field(default=1, ge=1)
+    # The Celery pool of `hyfunc worker` (--pool overrides). threads: message batches run in pool
+    # threads and all join the feeder's one decoder session (the models run in its one model
+    # thread), so a batch held by a slow job never keeps the next batch waiting; solo: one batch at
+    # a time (the next waits until every job of this one is written or past its deadline);
+    # prefork: `concurrency` model processes.
+    pool: str = Field(default="threads", pattern="^(threads|solo|prefork)$")
+    # Pool size (--concurrency overrides): batches in flight with the threads pool, model processes
+    # with prefork. null: 4 with threads (and continuous_feed: the batches share the feeder), else 1.
+    concurrency: int | None = Field(default=None, ge=1)
     # Liveness: a worker beats every heartbeat_interval s; after heartbeat_misses missed
     # beats the sweeper marks it dead and re-enqueues its running jobs.
     heartbeat_interval: float = Field(default=2.0, gt=0)

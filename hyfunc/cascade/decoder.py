@@ -129,6 +129,10 @@ class ContinuousDecoder:
         self.source = iter(source) if source is not None else None
         self._pulled = 0
         self.steps = 0  # this session's steps (each: a decode pass, a prefill pass, or both)
+        # Admitted rows whose prompt is longer than one slice, oldest first, each with a runner of
+        # its own: fed PREFILL_SLICE_TOKENS tokens per step in all, apart from the running batch,
+        # which they join (their KV merged in) when their whole prompt is fed.
+        self.feeding: list[tuple[Row, TransformersRunner]] = []
         self._since: dict[Any, float] = {}  # waiting job -> when it started waiting
         self._start = time.perf_counter()
 
@@ -142,13 +146,19 @@ class ContinuousDecoder:
 
     def job_keys(self) -> list[Any]:
         """The keys of the jobs waiting or running in this session."""
-        return [key for key, _, _ in self.scheduler.waiting] + [row.key for row in self.scheduler.running]
+        return ([key for key, _, _ in self.scheduler.waiting] + [row.key for row, _ in self.feeding]
+                + [row.key for row in self.scheduler.running])
 
     def cancel(self, keys: set[Any]) -> int:
         """Drop these jobs (waiting or running) between steps; returns how many were dropped."""
         sched = self.scheduler
-        before = len(sched.waiting) + len(sched.running)
+        before = len(sched.waiting) + len(sched.running) + len(self.feeding)
         sched.waiting = type(sched.waiting)(w for w in sched.waiting if w[0] not in keys)
+        for row, _ in self.feeding:
+            if row.key in keys:
+                row.job.program.close()
+        self.feeding = [(row, r) for row, r in self.feeding if row.key not in keys]
+        sched.feeding = len(self.feeding)
         keep = [i for i, row in enumerate(sched.running) if row.key not in keys]
         for row in sched.running:
             if row.key in keys:
@@ -158,7 +168,7 @@ class ContinuousDecoder:
             self.runner.keep_rows(keep)
         for key in keys:
             self._since.pop(key, None)
-        return before - len(sched.waiting) - len(sched.running)
+        return before - len(sched.waiting) - len(sched.running) - len(self.feeding)
 
     def _pull(self, n: int) -> int:
         """Move up to n jobs from the source into the waiting queue (building their programs)."""
@@ -184,6 +194,12 @@ class ContinuousDecoder:
         if self.source is not None:
             self._pull(max(0, sched.free_rows() - len(sched.waiting)) if sched.max_rows is not None else 1 << 30)
         admitted, early = sched.admit()
+        slice_tokens = runner_module.PREFILL_SLICE_TOKENS
+        long = [row for row in admitted if len(row.chunk) > slice_tokens]
+        if long:
+            # A prompt longer than one slice is fed apart (below), never in a pass with other rows.
+            admitted = [row for row in admitted if len(row.chunk) <= slice_tokens]
+            sched.running[len(sched.running) - len(long) - len(admitted) :] = admitted
         groups = [len(admitted)] if admitted else []
         if len(admitted) > 1 and self.widths is not None:
             # Prefill in length groups (widths.py): the admitted rows reordered group by group,
@@ -192,27 +208,34 @@ class ContinuousDecoder:
             admitted = [admitted[i] for part in parts for i in part]
             sched.running[len(sched.running) - len(admitted) :] = admitted
             groups = [len(part) for part in parts]
-        prefix = decoder.shared_prefix() if admitted else []
+        prefix = decoder.shared_prefix() if admitted or long else []
         start_kvs = [kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix for row in admitted]
-        for row in admitted:
+        for row in long:
+            feeder = decoder.runner()
+            feeder.add_rows([kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix])
+            self.feeding.append((row, feeder))
+        sched.feeding = len(self.feeding)
+        for row in [*admitted, *long]:
             row.match = None  # its KV now lives in start_kvs; do not pin cache tensors for the row's life
         t1 = time.perf_counter()
-        for row in [*admitted, *early]:
+        for row in [*admitted, *long, *early]:
             row.stats.wait_ms = (t0 - self._since.pop(row.key)) * 1000
             row.stats.first_pass = self.steps
         finished: list[Row] = list(early)
         for row in early:
             row.stats.program_ms += (t1 - t0) * 1000
-        if not sched.running:
+        if not sched.running and not self.feeding:
             return [(row.key, row.result()) for row in finished]
 
-        # Running rows decode (one narrow pass), then admitted rows prefill (a pass of their own).
+        # Running rows decode (one narrow pass), then admitted rows prefill (a pass of their own),
+        # then long prompts are fed (passes of their own, PREFILL_SLICE_TOKENS tokens in all).
         # A decode pass may be narrower than a row's chunk (see widths.py): the row feeds the
         # chunk's head, carries the rest, and makes no decision this step. A prompt longer than
-        # PREFILL_SLICE_TOKENS is fed that many tokens per step the same way, so one long prompt
-        # (a pathological schema) never holds the running rows for its whole prefill: they go on
-        # deciding, one token per step, while it is fed.
-        slice_tokens = runner_module.PREFILL_SLICE_TOKENS
+        # PREFILL_SLICE_TOKENS is never in a pass with other rows (each would be padded to its
+        # slice) and the step feeds at most that many prompt tokens of them all, oldest first
+        # (vLLM's chunked prefill with a token budget per step): however many pathological
+        # schemas arrive, a step costs one decode pass + one prefill pass + one slice, and the
+        # running rows go on deciding, one token per step, while the long prompts are fed.
         present = list(sched.running)
         running = present[: len(present) - len(admitted)]
         hidden = []
@@ -241,9 +264,16 @@ class ContinuousDecoder:
                 row.chunk = row.chunk[len(head) :]
                 if row.chunk:
                     row.stats.carry_passes += 1
+        fed = self._feed_long(slice_tokens, t0, t1)
+        for row, state in fed:
+            sched.running.append(row)
+            present.append(row)
+            hidden.append(state)
         self.steps += 1
         decoder.steps += 1
         t2 = time.perf_counter()
+        if not present:
+            return [(row.key, row.result()) for row in finished]
         fresh = [row.fresh for row in present]
         for r, row in enumerate(present):
             row.stats.forward_passes += 1
@@ -271,6 +301,32 @@ class ContinuousDecoder:
                 row.stats.decode_ms += (t2 - t1) * 1000
             row.stats.sample_ms += (t3 - t2) * 1000
         return [(row.key, row.result()) for row in finished]
+
+    def _feed_long(self, budget: int, t0: float, t1: float) -> list[tuple[Row, torch.Tensor]]:
+        """Feed the long prompts, oldest first, ``budget`` tokens in all; the rows whose prompt is
+        now whole join the running batch (their KV after its rows). Returns those rows with their
+        last-position hidden states, in the order they joined."""
+        joined: list[tuple[Row, torch.Tensor]] = []
+        while self.feeding and budget > 0:
+            row, feeder = self.feeding[0]
+            piece = row.chunk[:budget]
+            tp = time.perf_counter()
+            state = feeder.forward([piece], [self._soft_part(row, piece)])
+            self.decoder.forward_passes += 1
+            budget -= len(piece)
+            row.stats.fed_tokens += len(piece)
+            row.chunk = row.chunk[len(piece) :]
+            if row.chunk:  # a slice with no decision; the step's other stages are not this row's
+                row.stats.forward_passes += 1
+                row.stats.carry_passes += 1
+                row.stats.program_ms += (t1 - t0) * 1000
+                row.stats.prefill_ms += (time.perf_counter() - tp) * 1000
+                continue
+            self.feeding.pop(0)
+            self.runner.join(feeder)
+            joined.append((row, state))
+        self.scheduler.feeding = len(self.feeding)
+        return joined
 
     def _soft_part(self, row: Row, piece: list[int]) -> torch.Tensor | None:
         """The row's projected soft tokens for the slots in ``piece`` (the next ones in order)."""

@@ -180,11 +180,15 @@ class TransformersRunner:
             used += slots
             last = joining.forward([piece], [part])
         assert last is not None
-        if self.rows:
-            self._merge(joining)
-        else:
-            self._cache, self._mask, self._lengths = joining._cache, joining._mask, joining._lengths
+        self.join(joining)
         return last
+
+    def join(self, other: TransformersRunner) -> None:
+        """Take ``other``'s rows after this batch's (this one may be empty)."""
+        if self.rows:
+            self._merge(other)
+        else:
+            self._cache, self._mask, self._lengths = other._cache, other._mask, other._lengths
 
     def _merge(self, other: TransformersRunner) -> None:
         """Append ``other``'s rows after this batch's, both compacted to one width."""

@@ -127,6 +127,9 @@ class Scheduler:
         self.max_rows = max_rows
         self.waiting: deque[tuple[Any, DecodeJob, bool]] = deque()  # (key, job, deferred once)
         self.running: list[Row] = []
+        # Rows admitted but not in ``running`` yet: a long prompt being fed apart from the running
+        # batch (the decoder's ``feeding``). They hold a row each.
+        self.feeding = 0
         self.deferred = 0  # jobs that waited one step for another's prefix
 
     # -- admission ------------------------------------------------------------------------------
@@ -135,11 +138,11 @@ class Scheduler:
         self.waiting.append((key, job, False))
 
     def free_rows(self) -> int:
-        if not self.refill and self.running:
+        if not self.refill and (self.running or self.feeding):
             return 0
         if self.max_rows is None:
             return len(self.waiting)
-        return max(0, self.max_rows - len(self.running))
+        return max(0, self.max_rows - len(self.running) - self.feeding)
 
     def _cacheable(self, prompt: Sequence[int]) -> int:
         """The KV after a soft-token slot depends on that job's soft token: only what precedes
@@ -266,7 +269,7 @@ class Scheduler:
         return injected
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.feeding)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -18,17 +18,28 @@ a test-only audit trigger (every UPDATE of a job row) proves exactly-once in SQL
 Issue 17's failure modes, by option:
 - `--no-beat`: workers run without `--beat`; recovery rests on their own sweeper threads (each
   kill is then a kill of "the beat process" too);
-- `--pathological N`: at `pathological_at`, one batch of 16 jobs of which N are pathological (a
-  tool whose enum of 1,000 values makes a ~7k-token prompt: within the submission limits, slow
-  to decode) among normal ones; the report compares the normal ones' end-to-end time with the
-  run's other jobs and shows how the pathological ones ended (`worker.job_deadline_seconds`);
+- `--pathological N`: at `pathological_at`, one batch of 16 jobs of which N are pathological among
+  normal ones; the report compares the normal ones' end-to-end time with the run's other jobs and
+  shows how the pathological ones ended. A pathological job (``runaway_request``) is a demo query
+  with its own tool made to run away: 256 required properties (within `limits.max_properties`)
+  and its description repeated so the retriever still finds it relevant. The LMS must write a
+  value for every property, so the job decodes until `cascade.max_call_tokens` (1,024 generated
+  tokens) fails it — or `worker.job_deadline_seconds` does, whichever comes first;
 - `--memory-bomb`: at `bomb_at`, a tool with an enum of 10,000 values is submitted over HTTP
   (expected: 422 naming the field) and stored straight into the database and enqueued (what a job
   stored before the limits existed looks like: expected to fail alone, naming the field); the
   worker's resident memory is sampled every 0.1 s around it (peak vs idle).
 
+`--only pathological` runs that scenario alone, with no other fault, so it can be measured: normal
+jobs arrive one per POST at `--rate` (low enough for the worker to keep up), a baseline phase of
+`--baseline` seconds, then the batch of N pathological + 16 − N normal jobs, and normal jobs keep
+arriving for `--after` seconds more. The report gives the normal jobs' end-to-end p50/p95 before
+the batch, while its pathological jobs were still running, and after, and the normal ones inside
+the batch (`issue17.pathological_only`).
+
 Run: `python scripts/reliability.py` (or `python -m hyfunc.chaos.reliability`); it takes several
-minutes. Writes docs/reliability/latest.json and latest.md.
+minutes. Writes docs/reliability/latest.json and latest.md (`--out DIR`, `--name NAME` for
+NAME.json and NAME.md).
 """
 
 from __future__ import annotations
@@ -81,6 +92,10 @@ class Options:
     memory_bomb: bool = False  # the 10,000-value enum, over HTTP and straight into the store, at bomb_at
     bomb_at: float = 90.0
     job_deadline_s: float = 30.0
+    only: str | None = None  # "pathological": that scenario alone (no kills, no outages), singles at `rate`
+    after_s: float = 90.0  # --only pathological: normal jobs keep arriving this long after the batch
+    pool: str | None = None  # the worker's --pool (None: its default, worker.pool)
+    concurrency: int | None = None  # the worker's --concurrency (None: its default)
     command: str = "python scripts/reliability.py"  # as run, for the report
 
 
@@ -282,7 +297,9 @@ class Run:
 
     def start_worker(self) -> Service:
         beat = ["--beat"] if self.opts.beat else []
-        w = Service(["worker", "--config", str(self.worker_config), *beat, "--loglevel", "info"],
+        pool = ["--pool", self.opts.pool] if self.opts.pool else []
+        pool += ["--concurrency", str(self.opts.concurrency)] if self.opts.concurrency else []
+        w = Service(["worker", "--config", str(self.worker_config), *beat, *pool, "--loglevel", "info"],
                     self.work / f"worker-{len(self.workers)}.log", self.env)
         self.workers.append(w)
         return w
@@ -453,18 +470,12 @@ class Run:
         _log(f"PostgreSQL reachable again after {fault.end - fault.start:.0f}s")
 
     def pathological_batch(self) -> None:
-        """One batch of 16: ``pathological`` jobs whose tool has a 1,000-value enum (each its own, so no
+        """One batch of 16: ``pathological`` runaway jobs (``runaway_request``: each its own tool, so no
         two share a prompt prefix the prefix cache could reuse), the rest normal."""
         import httpx
 
-        def big(n: int) -> dict[str, Any]:
-            return {"type": "function", "function": {"name": "pick_code", "description": f"Pick a product code of line {n}",
-                    "parameters": {"type": "object", "required": ["code"], "properties": {
-                        "code": {"type": "string", "enum": [f"c{n}-{i:04d}" for i in range(1000)]}}}}}
-
         normal = self.workload()[:16]
-        items = [{"id": f"path-{n}", "query": f"pick product code c{n}-{n:04d}", "tools": [big(n)]}
-                 for n in range(self.opts.pathological)]
+        items = runaway_requests(self.opts.pathological)
         items += [{**item, "id": f"pnorm-{n}"} for n, item in enumerate(normal[: 16 - len(items)])]
         fault = Fault(f"{self.opts.pathological} pathological jobs in a batch of 16", self.now())
         client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers={"X-API-Key": self.key}, timeout=60)
@@ -542,6 +553,10 @@ class Run:
 
     def inject(self) -> None:
         o = self.opts
+        if o.only == "pathological":
+            self.wait_until(o.pathological_at)
+            self.pathological_batch()
+            return
         schedule = sorted([(t, self.kill_worker) for t in o.kills_at] + [(o.redis_at, self.redis_outage),
                                                                           (o.pg_at, self.pg_outage)]
                           + ([(o.pathological_at, self.pathological_batch)] if o.pathological else [])
@@ -632,7 +647,49 @@ class Run:
                     f"{st}: {(err or '')[:90]}" for st, err in self.sql(
                         "SELECT status, error FROM jobs WHERE id = ANY(%s::uuid[])", (self.extra["pathological"],)))),
             }
+            if self.opts.only == "pathological":
+                out["pathological_only"] = self._pathological_only()
         return out
+
+    def _pathological_only(self) -> dict[str, Any]:
+        """Normal jobs' end-to-end time before the pathological batch, while its pathological jobs ran,
+        and after; the normal ones inside it; how the pathological ones ended and what they cost."""
+        batch = next(f for f in self.faults if "pathological" in f.kind)
+        path = self.extra["pathological"]
+        last = self.sql("SELECT extract(epoch FROM max(finished_at)) FROM jobs WHERE id = ANY(%s::uuid[])", (path,))[0][0]
+        until = float(last) - self.epoch0 if last is not None else batch.start
+        special = set(path) | set(self.extra["normal_beside"])
+        rows = self.sql("SELECT id::text, extract(epoch FROM created_at), extract(epoch FROM finished_at - created_at), "
+                        "status FROM jobs WHERE finished_at IS NOT NULL")
+        phase: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+        statuses: dict[str, Counter[str]] = {k: Counter() for k in phase}
+        for job_id, created, e2e, status in rows:
+            if job_id in special:
+                continue
+            t = float(created) - self.epoch0
+            key = "before" if t < batch.start else "during" if t <= until else "after"
+            phase[key].append(float(e2e))
+            statuses[key][status] += 1
+        beside = self._e2e(self.extra["normal_beside"])
+        costs = self.sql("SELECT status, left(coalesce(error, ''), 90), tokens_generated, tokens_lms_prompt, total_ms, "
+                         "extract(epoch FROM finished_at - started_at), extract(epoch FROM finished_at - created_at) "
+                         "FROM jobs WHERE id = ANY(%s::uuid[]) ORDER BY finished_at", (path,))
+        base = _percentiles(phase["before"])
+        worst = max((p for p in (_percentiles(phase["during"])["p95"], _percentiles(beside)["p95"]) if p is not None),
+                    default=None)
+        return {
+            "batch_submitted_s": round(batch.start, 1),
+            "pathological_running_until_s": round(until, 1),
+            "normal_e2e_s": {k: {**_percentiles(v), "jobs": len(v), "status": dict(statuses[k])} for k, v in phase.items()},
+            "normal_in_batch_e2e_s": {**_percentiles(beside), "jobs": len(beside)},
+            "pathological": [{"status": st, "error": err, "tokens_generated": gen, "lms_prompt_tokens": prompt,
+                              "cascade_total_ms": _r(total), "run_s": _r(run), "e2e_s": _r(e2e)}
+                             for st, err, gen, prompt, total, run, e2e in costs],
+            "target": {"normal_p95_s": base["p95"], "worst_p95_beside_or_during_s": worst,
+                       "excess_s": None if worst is None or base["p95"] is None else round(worst - base["p95"], 1),
+                       "limit_excess_s": 10.0,
+                       "met": None if worst is None or base["p95"] is None else worst - base["p95"] <= 10.0},
+        }
 
     def report(self, drained: float) -> dict[str, Any]:
         o = self.opts
@@ -754,6 +811,37 @@ def fast_runner(_config: Any) -> FastRunner:
     return FastRunner()
 
 
+# Demo workload items (demo_inputs(400, seed=7)) whose runaway tool still passes the demo retriever's
+# relevance gate, so the job reaches the LMS instead of ending as a quick no-call (checked alone: 45
+# of the first 49 items with a gold call pass; item 8 passes alone but not in a batch of 16, so it is
+# left out). The report shows how each ended: a pathological job that ends as a no-call is not one.
+RUNAWAY_ITEMS = (0, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 17, 18, 19, 21, 22)
+
+
+def runaway_request(n: int, item: int, properties: int = 256, repeat: int = 40) -> dict[str, Any]:
+    """A pathological job within every submission limit: the demo item's query with the tool its
+    gold call names, given ``properties`` required properties (integers; `limits.max_properties` is
+    256) and its description repeated ``repeat`` times (what the retriever embeds of a tool is its
+    first 512 tokens, so it keeps matching the query). The LMS must write every property, which
+    runs the job to `cascade.max_call_tokens` (1,024 generated tokens): it fails there, or at
+    `worker.job_deadline_seconds`."""
+    from hyfunc.bench.workload import demo_inputs
+
+    x = demo_inputs(400, seed=7)[item]
+    tool = next(t.to_json() for t in x.tools if t.name == x.gold[0].name)
+    fn = tool["function"]
+    fn["description"] = " ".join([fn["description"]] * repeat)
+    props = fn["parameters"].setdefault("properties", {})
+    for i in range(properties - len(props)):
+        props[f"note_{n}_{i:03d}"] = {"type": "integer"}
+    fn["parameters"]["required"] = list(props)
+    return {"id": f"path-{n}", "query": x.query, "tools": [tool]}
+
+
+def runaway_requests(count: int) -> list[dict[str, Any]]:
+    return [runaway_request(n, RUNAWAY_ITEMS[n % len(RUNAWAY_ITEMS)]) for n in range(count)]
+
+
 def _r(x: Any) -> float | None:
     return None if x is None else round(float(x), 1)
 
@@ -774,10 +862,11 @@ def write_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Reliability run",
         "",
-        f"{report['when']} — `{report['command']}` (JSON: `latest.json`). Real stack: `hyfunc api` + "
-        f"`hyfunc worker{' --beat' if report['options'].get('beat', True) else ''}` "
+        f"{report['when']} — `{report['command']}` (JSON: `{report.get('files', {}).get('json', 'latest.json')}`). "
+        f"Real stack: `hyfunc api` + `hyfunc worker{' --beat' if report['options'].get('beat', True) else ''}` "
         f"({'demo models' if report['runner'] == 'demo' else 'the model-free fast runner'}, "
-        "solo pool) as subprocesses, a private PostgreSQL (own port, "
+        f"{_pool_words(report['options'])}"
+        ") as subprocesses, a private PostgreSQL (own port, "
         "reached by the worker through a TCP proxy the harness cuts) and a private Redis (no persistence).",
         "",
         "## Proof (SQL over the jobs table and an audit trigger on every job UPDATE)",
@@ -838,6 +927,8 @@ def write_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- pathological batch: normal jobs beside them end-to-end {p['normal_beside_e2e_s']} s; "
                      f"the run's other jobs {p['other_jobs_e2e_s']} s; pathological {p['pathological_e2e_s']} s, "
                      f"ended as {p['pathological_outcomes']}")
+    if "pathological_only" in i17:
+        lines += _pathological_only_markdown(i17["pathological_only"], report["options"])
     for f in report["faults"]:
         if f["kind"].startswith("memory bomb"):
             lines.append(f"- memory bomb over HTTP: {f.get('http_status')} `{f.get('http_detail')}`; stored directly: "
@@ -846,6 +937,53 @@ def write_markdown(report: dict[str, Any]) -> str:
                          f"(x{f.get('peak_over_idle')})")
     lines.append("")
     return "\n".join(lines)
+
+
+def _pool_words(options: dict[str, Any]) -> str:
+    if "pool" not in options:
+        return "solo pool"  # reports written before the option existed
+    pool = options.get("pool") or "the worker's default pool (threads"
+    concurrency = options.get("concurrency")
+    if options.get("pool") is None:
+        return pool + (f", concurrency {concurrency})" if concurrency else ", concurrency 4)")
+    return f"{pool} pool" + (f", concurrency {concurrency}" if concurrency else "")
+
+
+def _pathological_only_markdown(p: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    def cell(d: dict[str, Any]) -> str:
+        return f"{d['jobs']} | {d['p50']} | {d['p95']} | {d['max']}"
+
+    n = p["normal_e2e_s"]
+    t = p["target"]
+    lines = [
+        "",
+        "### Pathological batch alone (`--only pathological`)",
+        "",
+        f"Normal jobs one per POST at {options['rate']} jobs/s; at {p['batch_submitted_s']} s one batch of 16: "
+        f"{options['pathological']} pathological jobs (runaway: 256 required properties) and "
+        f"{16 - options['pathological']} normal ones; its pathological jobs ran until {p['pathological_running_until_s']} s. "
+        f"`worker.job_deadline_seconds` {options['job_deadline_s']:g}. End to end = created → finished, seconds.",
+        "",
+        "| normal jobs | jobs | p50 | p95 | max |",
+        "|---|---|---|---|---|",
+        f"| created before the batch (normal p95) | {cell(n['before'])} |",
+        f"| in the batch, beside the pathological ones | {cell(p['normal_in_batch_e2e_s'])} |",
+        f"| created while the pathological jobs ran | {cell(n['during'])} |",
+        f"| created after | {cell(n['after'])} |",
+        "",
+        f"Target (normal p95 beside or during ≤ normal p95 + {t['limit_excess_s']:g} s): worst p95 "
+        f"{t['worst_p95_beside_or_during_s']} s vs {t['normal_p95_s']} s, excess {t['excess_s']} s — "
+        f"{'met' if t['met'] else 'NOT met'}.",
+        "",
+        "Pathological jobs (in the order they finished):",
+        "",
+        "| status | error | generated tokens | LMS prompt tokens | cascade total ms | started → finished s | e2e s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for j in p["pathological"]:
+        lines.append(f"| {j['status']} | {j['error'] or ''} | {j['tokens_generated']} | {j['lms_prompt_tokens']} | "
+                     f"{j['cascade_total_ms']} | {j['run_s']} | {j['e2e_s']} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -866,6 +1004,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-bomb", action="store_true", help="the 10,000-value enum, over HTTP and stored directly")
     parser.add_argument("--job-deadline", type=float, default=Options.job_deadline_s,
                         help="worker.job_deadline_seconds (default %(default)s)")
+    parser.add_argument("--only", choices=["pathological"],
+                        help="one scenario alone, no other fault: pathological = normal singles at --rate, "
+                             "--baseline s, then the batch of --pathological (default 12) runaway jobs among normal "
+                             "ones, --after s more of normal singles")
+    parser.add_argument("--baseline", type=float, default=60.0,
+                        help="--only: seconds of normal jobs before the batch (default %(default)s)")
+    parser.add_argument("--after", type=float, default=Options.after_s,
+                        help="--only: seconds of normal jobs after the batch (default %(default)s)")
+    parser.add_argument("--pool", choices=["solo", "threads", "prefork"],
+                        help="the worker's --pool (default: the worker's own, worker.pool)")
+    parser.add_argument("--concurrency", type=int, help="the worker's --concurrency (default: the worker's own)")
+    parser.add_argument("--name", default="latest", help="report file names: NAME.json, NAME.md (default latest)")
     args = parser.parse_args(argv)
     o = Options(jobs=args.jobs, singles=min(Options.singles, args.jobs // 10), rate=args.rate, out=Path(args.out),
                 models=Path(args.models), outage_s=args.outage,
@@ -873,7 +1023,12 @@ def main(argv: list[str] | None = None) -> int:
                 pg_at=Options.pg_at * args.scale, runner=args.runner, beat=not args.no_beat,
                 pathological=args.pathological, pathological_at=Options.pathological_at * args.scale,
                 memory_bomb=args.memory_bomb, bomb_at=Options.bomb_at * args.scale, job_deadline_s=args.job_deadline,
+                pool=args.pool, concurrency=args.concurrency,
                 command=" ".join(["python scripts/reliability.py", *(argv if argv is not None else sys.argv[1:])]))
+    if args.only == "pathological":
+        jobs = max(1, round(args.rate * (args.baseline + args.after)))
+        o.only, o.jobs, o.singles, o.after_s = "pathological", jobs, jobs, args.after
+        o.pathological, o.pathological_at = args.pathological or 12, args.baseline
     run = Run(o)
 
     def _terminate(_signum: int, _frame: Any) -> None:
@@ -884,11 +1039,12 @@ def main(argv: list[str] | None = None) -> int:
         report = run.execute()
     finally:
         run.close()
+    report["files"] = {"json": f"{args.name}.json", "md": f"{args.name}.md"}
     o.out.mkdir(parents=True, exist_ok=True)
-    (o.out / "latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (o.out / "latest.md").write_text(write_markdown(report))
+    (o.out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (o.out / f"{args.name}.md").write_text(write_markdown(report))
     print(write_markdown(report))
-    _log(f"written {o.out / 'latest.json'} and latest.md; logs kept in {run.work}")
+    _log(f"written {o.out / args.name}.json and {args.name}.md; logs kept in {run.work}")
     return 0 if all(report["proof"].values()) else 1
 
 

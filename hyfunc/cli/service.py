@@ -90,16 +90,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = _config(args)
     app = create_app(config)
-    # One model process per accelerator: the solo pool runs batches in this very process,
-    # so the models load once, here, before the first message is taken.
-    if args.pool in ("solo", "threads"):
+    pool = args.pool or config.worker.pool
+    # Batches in flight at once only where they share the feeder (its one model thread); a bare
+    # Cascade (continuous_feed off) is not to be run by several threads at a time.
+    overlap = pool == "threads" and config.worker.continuous_feed
+    concurrency = args.concurrency or config.worker.concurrency or (4 if overlap else 1)
+    # One model process per accelerator: the solo and threads pools run batches in this very
+    # process, so the models load once, here, before the first message is taken.
+    if pool in ("solo", "threads"):
         get_runner(config)
     from producer import control_queue, job_queues
 
     # The job queues (new and re-sent jobs), and the control queue the sweeper runs on, so
     # a job backlog can delay neither a sweep nor a re-sent job.
     queues = ",".join([*job_queues(config.worker.queue), control_queue(config.worker.queue)])
-    argv = ["worker", "--pool", args.pool, "--concurrency", str(args.concurrency or config.worker.concurrency),
+    argv = ["worker", "--pool", pool, "--concurrency", str(concurrency),
             "--loglevel", args.loglevel, "--queues", queues, "--without-gossip", "--without-mingle"]
     if args.name:
         argv += ["--hostname", args.name]
@@ -308,10 +313,13 @@ def add_service_commands(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="run a batched Celery worker (one model process)")
     _common(worker)
     worker.add_argument("--models", help="models directory (overrides models.dir)")
-    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"],
-                        help="solo (default): one process holds the models and runs the batches; "
-                             "run one worker per GPU (CUDA_VISIBLE_DEVICES)")
-    worker.add_argument("--concurrency", type=int, help="default worker.concurrency (1)")
+    worker.add_argument("--pool", choices=["threads", "solo", "prefork"],
+                        help="default worker.pool (threads): one process holds the models and its pool threads' "
+                             "batches all join one decoder session, so a slow batch never holds up the next; solo: "
+                             "one batch at a time; run one worker per GPU (CUDA_VISIBLE_DEVICES)")
+    worker.add_argument("--concurrency", type=int,
+                        help="default worker.concurrency (null: 4 batches in flight with threads and "
+                             "worker.continuous_feed, else 1)")
     worker.add_argument("--beat", action="store_true",
                         help="also run the sweeper's schedule (one per deployment; it dies with this worker)")
     worker.add_argument("--name", help="Celery node name, e.g. gpu0@%%h")

@@ -151,3 +151,66 @@ def test_a_long_prompt_is_fed_across_steps_beside_running_rows(tiny_bundle, tiny
     assert long_row.first_pass == short_row.first_pass  # admitted in the same step
     # The long row spent its first carry_passes + 1 passes on its prompt; the short one was done by then.
     assert short_row.forward_passes <= long_row.carry_passes, (short_row, long_row)
+
+
+def test_long_prompts_are_fed_apart_a_slice_per_step_in_all(tiny_bundle, tiny_decoder, make_machine,
+                                                            monkeypatch) -> None:
+    """Several long prompts admitted with a short job (12 pathological schemas beside a normal job,
+    in small): they are fed in passes of their own, one row each, PREFILL_SLICE_TOKENS tokens per
+    step in all, oldest first — never padded into a pass with other rows —, and join the running
+    batch when whole. The short job decides every step and is done before they are all fed; the
+    calls are those of whole-prompt prefills."""
+    from collections import Counter
+
+    from test_decoder import SPECS, make_job
+
+    long_specs, short_spec = [SPECS[1], SPECS[5], SPECS[2]], SPECS[4]
+
+    def jobs():
+        return [make_job(s, tiny_bundle, make_machine)[0] for s in [*long_specs, short_spec]]
+
+    monkeypatch.setattr(runner_module, "PREFILL_SLICE_TOKENS", 100_000)
+    whole = tiny_decoder.decode(jobs())
+    built = jobs()
+    short_len, long_len = len(built[-1].prompt_ids), min(len(j.prompt_ids) for j in built[:-1])
+    slice_tokens = short_len + 40  # the short prompt and its first injection fit one slice
+    assert long_len > 2 * slice_tokens, (short_len, long_len)
+    monkeypatch.setattr(runner_module, "PREFILL_SLICE_TOKENS", slice_tokens)
+
+    session = tiny_decoder.continuous(max_rows=4)
+    for key, job in enumerate(built):
+        session.submit(key, job)
+    passes: list[tuple[int, str, list[int]]] = []  # (step, which runner, chunk lengths)
+    forward = TransformersRunner.forward
+
+    def recording(self, chunks, soft):
+        which = "feeding" if any(self is r for _, r in session.feeding) else "batch" if self is session.runner else "join"
+        passes.append((session.steps, which, [len(c) for c in chunks]))
+        return forward(self, chunks, soft)
+
+    monkeypatch.setattr(TransformersRunner, "forward", recording)
+    done: dict[int, tuple[int, object]] = {}
+    while session.has_work():
+        for key, result in session.step():
+            done[key] = (session.steps, result)
+
+    fed = Counter()
+    for step, which, lengths in passes:
+        if which == "feeding":
+            assert len(lengths) == 1  # a long prompt never shares (and pads) a pass
+            fed[step] += lengths[0]
+        elif which == "batch":  # the running batch only ever feeds decisions' chunks, never a prompt
+            assert max(lengths) < long_len, lengths
+    # The step's budget, used whole until the last long prompt is in: the prompts were fed in turns
+    # over many steps, not side by side.
+    steps = sorted(fed)
+    assert all(fed[s] == slice_tokens for s in steps[:-1]) and 0 < fed[steps[-1]] <= slice_tokens, fed
+    assert len(steps) >= sum(len(j.prompt_ids) for j in built[:-1]) // slice_tokens - 3, fed
+    # The short job made a decision every step from its first: it never waited for them.
+    short = done[3][1].stats
+    assert short.first_pass == 0 and short.forward_passes == done[3][0] == short.generated, short
+    for a, (_, b) in zip(whole, [done[k] for k in range(4)], strict=True):
+        assert b.error is None and [c.model_dump() for c in a.calls] == [c.model_dump() for c in b.calls]
+        assert (a.stats.generated, a.stats.injected, a.stats.fed_tokens) == (b.stats.generated, b.stats.injected,
+                                                                              b.stats.fed_tokens)
+        assert b.stats.forward_passes == b.stats.generated + b.stats.carry_passes
