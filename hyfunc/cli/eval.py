@@ -171,7 +171,7 @@ def cmd_bench_backends(args: argparse.Namespace) -> int:
     run_backends_bench(
         models, out, device=args.device, dtype=dtype, jobs=args.throughput_jobs, same_n=args.same_n,
         modes=tuple(args.modes.split(",")) if args.modes else MODES,
-        bfcl=tuple(args.bfcl.split(",")) if args.bfcl else (), bfcl_n=args.bfcl_n, repeat=args.repeat,
+        bfcl=tuple(args.bfcl.split(",")) if args.bfcl else (), bfcl_n=args.bfcl_n, repeat=args.repeat, same_jump=not args.same_no_jump,
         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), log=lambda m: print(m, file=sys.stderr),
     )
     print((out / "backends.md").read_text())
@@ -268,6 +268,8 @@ def add_eval_commands(sub) -> None:
     bench.add_argument("--bfcl", metavar="CATEGORIES",
                        help="bench backends: also the same-calls check on a BFCL sample, e.g. simple_python,multiple,parallel")
     bench.add_argument("--bfcl-n", type=int, default=20, help="bench backends: questions per BFCL category (default 20)")
+    bench.add_argument("--same-no-jump", action="store_true",
+                       help="bench backends: the same-calls checks without jump-forward (default: with)")
     bench.add_argument("--repeat", type=int, default=1,
                        help="bench backends: rounds of all modes, taken in turn; each row is the median round (default 1)")
     bench.add_argument("--batch-sizes", default="1,32", help="bench backends: comma-separated batch sizes (default 1,32)")

@@ -212,4 +212,4 @@ def test_bench_same_calls_check(cascades):
             {"id": "multiple_7", "query": "q", "transformers": {"calls": [], "error": None},
              "vllm": {"calls": [{"name": "f", "arguments": {}}], "error": None}, "generated": [3, 4]}]}}}
     text = markdown(report)
-    assert "BFCL multiple: 1/2 (0.5)" in text and "- multiple_7 `q`" in text and "| mode |" not in text
+    assert "vLLM (vllm) vs transformers backend, BFCL multiple: 1/2 (0.5)" in text and "- multiple_7 `q`" in text and "| mode |" not in text
