@@ -8,7 +8,7 @@
 #   docker/smoke.sh --base-image localhost/python-base   # or BASE_IMAGE=...; see docs/docker.md
 #
 # Environment: ENGINE (docker|podman), COMPOSE (the compose command), BASE_IMAGE,
-# POSTGRES_IMAGE, REDIS_IMAGE, HYFUNC_MODELS (models dir, default models/demo),
+# POSTGRES_IMAGE, REDIS_IMAGE, HYFUNC_MODELS (models dir, default models/general as in the compose file),
 # SMOKE_PORT (host port, default 18000), SMOKE_JOBS (default 3), KEEP=1 (leave the stack up),
 # BUILD_NETWORK (e.g. host: `build --network host`, for podman in a sandbox), TORCH_PIP_ARGS
 # (where the worker's CPU torch comes from, e.g. "--find-links http://127.0.0.1:8765/").
@@ -36,7 +36,7 @@ export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 export POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:16-alpine}
 export REDIS_IMAGE=${REDIS_IMAGE:-redis:7-alpine}
 export HYFUNC_API_IMAGE=hyfunc-api:smoke HYFUNC_WORKER_IMAGE=hyfunc-worker:smoke
-export HYFUNC_MODELS=${HYFUNC_MODELS:-$root/models/demo}
+export HYFUNC_MODELS=${HYFUNC_MODELS:-$root/models/general}
 export HYFUNC_API_PORT=${SMOKE_PORT:-18000}
 export HYFUNC_METRICS_TOKEN=${HYFUNC_METRICS_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}
 export POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-$(python3 -c 'import secrets; print(secrets.token_hex(12))')}
@@ -166,6 +166,13 @@ say "all $JOBS jobs succeeded ($(python3 -c "import time; print(round(time.time(
 index=$("$ENGINE" exec "$(cid worker)" ls /var/lib/hyfunc/index | tr '\n' ' ')
 [ -n "$index" ] || fail "the function index volume is empty"
 say "function index on its volume: $index"
+# A models directory whose LMS is a pulled base (models/general: "base:smollm2-135m-instruct"):
+# the worker pulled it on first start into the model-cache volume, where a recreation finds it.
+if grep -q '"base:' "$HYFUNC_MODELS/hyfunc.json" 2>/dev/null; then
+  bases=$("$ENGINE" exec "$(cid worker)" ls /var/cache/hyfunc/bases 2>/dev/null | tr '\n' ' ')
+  [ -n "$bases" ] || fail "the base checkpoint is not in the model-cache volume"
+  say "base checkpoint on the model-cache volume: $bases"
+fi
 # restart: unless-stopped brings back a service whose process exits on its own.
 restarts() { "$ENGINE" inspect -f '{{.RestartCount}}' "$(cid api)"; }
 before=$(restarts)
