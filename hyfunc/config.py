@@ -56,6 +56,10 @@ class CascadeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(default=3, ge=1)
     relevance_threshold: float | None = None  # None: use the calibrated value saved with the retriever
+    # With no_call on: at or above this best retriever score the LMS may not answer "no call" (the
+    # retriever is sure a candidate fits); between relevance_threshold and it, the LMS decides.
+    # None: the manifest's calibrated value (null there: the LMS always decides).
+    no_call_ceiling: float | None = None
     # Decoding settings: None = the value in the models' manifest (`decoding`), else the code
     # default (hyfunc/cascade/decoding.py: 4, 48, 12, 8, false, true, 1.0, canonical); a value set here wins.
     max_calls: int | None = Field(default=None, ge=1)

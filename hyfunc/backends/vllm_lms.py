@@ -208,7 +208,8 @@ class VLLMLMSBackend:
         if job.spec is None:
             raise ValueError("the vLLM backend needs each job's ProgramSpec (DecodeJob.spec)")
         spec = program_args(
-            job.spec.candidates, job.spec.source, job.spec.prior, self.machine.limits, self.budgets, answer, self.jump_forward
+            job.spec.candidates, job.spec.source, job.spec.prior, self.machine.limits, self.budgets, answer, self.jump_forward,
+            job.spec.allow_no_call,
         )
         return SamplingParams(
             temperature=0.0,

@@ -48,15 +48,18 @@ def program_args(
     budgets: Budgets,
     answer: list[int] | None = None,
     jump: bool = False,
+    allow_no_call: bool = True,
 ) -> dict[str, Any]:
     """A job's program spec as plain data (what ``extra_args`` can carry to the engine process):
-    ``answer``, the answer tokens already in the prompt; ``jump``, stop before injections."""
+    ``answer``, the answer tokens already in the prompt; ``jump``, stop before injections;
+    ``allow_no_call``, whether "no call" is offered (ProgramSpec.allow_no_call)."""
     return {
         "answer": list(answer or []),
         "jump": jump,
         "tools": [tool.to_json() for tool in tools],
         "source": source,
         "prior": prior,
+        "allow_no_call": allow_no_call,
         "limits": {name: getattr(limits, name) for name in MachineLimits.__dataclass_fields__},
         "budgets": {"max_job_tokens": budgets.max_job_tokens, "max_call_tokens": budgets.max_call_tokens},
     }
@@ -167,7 +170,8 @@ class TemplateLogitsProcessor(AdapterLogitsProcessor):
         machine = self.machine(spec["limits"])
         tools = [Tool.model_validate(tool) for tool in spec["tools"]]
         try:
-            program = machine.program(tools, source=spec["source"], prior=spec["prior"])
+            program = machine.program(tools, source=spec["source"], prior=spec["prior"],
+                                      allow_no_call=spec.get("allow_no_call", True))
         except Exception as err:  # noqa: BLE001 - the job fails alone (ours reports the same error)
             program = _failing(err)
         cursor = ProgramCursor(program, Budgets(**spec["budgets"]), machine.encode(CALL_OPEN)[0])

@@ -118,6 +118,18 @@ class Cascade:
         except OSError as err:  # a read-only models directory: keep the index in memory
             log.warning("function index not saved to %s: %s", self.index_dir, err)
 
+    @property
+    def no_call_ceiling(self) -> float | None:
+        if self.config.no_call_ceiling is not None:
+            return self.config.no_call_ceiling
+        return self.bundle.manifest.no_call_ceiling
+
+    def _may_answer_no_call(self, hits) -> bool:
+        """Below the ceiling the LMS may answer "no call"; at or above it the retriever is sure a
+        candidate fits (calibrated on held-out no-call queries), so the answer is a call."""
+        ceiling = self.no_call_ceiling
+        return ceiling is None or not hits or hits[0].score < ceiling
+
     def _name_prior(self, hits) -> list[float] | None:
         """The retriever's log-probabilities over the candidates shown to the LMS (its training
         softmax, restricted to them), scaled by ``cascade.retriever_prior``."""
@@ -152,12 +164,14 @@ class Cascade:
             candidates = [hit.tool for hit in hits[i]]
             soft = projected[j] if projected is not None else None
             prompt_ids = self.job_prompt_ids(requests[i].query, candidates, soft.shape[0] if soft is not None else 0)
-            spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]))
+            spec = ProgramSpec(candidates, source=requests[i].query, prior=self._name_prior(hits[i]),
+                               allow_no_call=self._may_answer_no_call(hits[i]))
             problem = self._over_limits(requests[i], candidates, len(prompt_ids))
             try:
                 if problem:
                     raise SchemaTooLarge(problem)
-                program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior)
+                program = self.machine.program(spec.candidates, source=spec.source, prior=spec.prior,
+                                               allow_no_call=spec.allow_no_call)
             except Exception as err:  # noqa: BLE001 - a schema the machine cannot template fails its job alone
                 program = _failing(err)
             yield DecodeJob(prompt_ids, soft, program, spec)

@@ -38,6 +38,7 @@ class ProgramSpec:
     candidates: list[Tool]
     source: str | None = None
     prior: list[float] | None = None
+    allow_no_call: bool = True
 
 
 @dataclass

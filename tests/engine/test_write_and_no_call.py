@@ -117,3 +117,37 @@ def test_no_call_is_the_first_decision(tiny_bundle):
     with pytest.raises(TemplateError, match="no_call"):
         plain.teacher([STOCK], [])
     assert sum(plain.teacher([STOCK], gold).generated) < sum(record.generated)
+
+
+
+def _first_decision(program):
+    from hyfunc.cascade.template import Generate
+
+    step = next(program)
+    while not isinstance(step, Generate):
+        step = program.send(None)
+    return step
+
+
+def test_above_the_ceiling_the_answer_must_be_a_call(tiny_bundle):
+    """`allow_no_call=False` (the retriever's best score at or above cascade.no_call_ceiling): the
+    first decision no longer offers the end of the answer."""
+    machine = TemplateMachine(tiny_bundle.lms_tokenizer, MachineLimits(no_call=True))
+    end = machine.encode(machine.end_text)[0]
+    assert _first_decision(machine.program([STOCK])).permits(end)
+    assert not _first_decision(machine.program([STOCK], allow_no_call=False)).permits(end)
+
+
+def test_the_ceiling_is_calibrated_on_held_out_no_call_queries(monkeypatch):
+    import hyfunc.training.retriever as retriever_module
+    from hyfunc.data.loaders import Example
+
+    gold = [Call(name="get_quote", arguments={"ticker": "X"})]
+    examples = [Example(query=f"q{i}", tools=[STOCK], answers=[] if i < 5 else gold) for i in range(8)]
+    best = {f"q{i}": score for i, score in enumerate([0.1, 0.5, 0.3, 0.2, 0.4, 0.9, 0.8, 0.7])}
+    monkeypatch.setattr(retriever_module, "best_scores", lambda _model, exs, _cache: [[best[ex.query]] for ex in exs])
+    ceiling = retriever_module.no_call_ceiling(None, examples, None, 0.0)
+    assert 0.5 < ceiling < 0.5 + 1e-5  # just above every no-call query
+    ceiling = retriever_module.no_call_ceiling(None, examples, None, 0.2)
+    assert 0.4 < ceiling < 0.4 + 1e-5  # one of the five (0.5) may reach it
+    assert retriever_module.no_call_ceiling(None, examples[5:], None, 0.0) is None  # no held-out no-call queries
