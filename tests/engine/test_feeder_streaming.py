@@ -33,10 +33,10 @@ def feeder(request, tiny_config):
     machine = feeder.cascade.machine
     original = machine.program
 
-    def program(candidates, gold=None, source=None, prior=None):
+    def program(candidates, gold=None, source=None, prior=None, allow_no_call=True):
         if source and RUNAWAY in source:
             return runaway_program([machine.vocab.digit_ids["1"], machine.vocab.digit_ids["2"]])
-        return original(candidates, gold, source=source, prior=prior)
+        return original(candidates, gold, source=source, prior=prior, allow_no_call=allow_no_call)
 
     machine.program = program
     yield feeder
