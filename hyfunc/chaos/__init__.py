@@ -2,4 +2,4 @@
 and kills, cuts and restarts its parts while jobs flow; tcp_proxy.py is the cuttable link it (and
 tests/service/test_heartbeat.py) put between a process and its database; audit.py is the SQL
 trigger that proves exactly-once. Not part of the served path: nothing in hyfunc imports it.
-Run: `python scripts/reliability.py` (or `python -m hyfunc.chaos.reliability`)."""
+Run: `python -m hyfunc.chaos.reliability`."""

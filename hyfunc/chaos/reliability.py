@@ -37,7 +37,7 @@ arriving for `--after` seconds more. The report gives the normal jobs' end-to-en
 the batch, while its pathological jobs were still running, and after, and the normal ones inside
 the batch (`issue17.pathological_only`).
 
-Run: `python scripts/reliability.py` (or `python -m hyfunc.chaos.reliability`); it takes several
+Run: `python -m hyfunc.chaos.reliability`; it takes several
 minutes. Writes docs/reliability/latest.json and latest.md (`--out DIR`, `--name NAME` for
 NAME.json and NAME.md).
 """
@@ -96,7 +96,7 @@ class Options:
     after_s: float = 90.0  # --only pathological: normal jobs keep arriving this long after the batch
     pool: str | None = None  # the worker's --pool (None: its default, worker.pool)
     concurrency: int | None = None  # the worker's --concurrency (None: its default)
-    command: str = "python scripts/reliability.py"  # as run, for the report
+    command: str = "python -m hyfunc.chaos.reliability"  # as run, for the report
 
 
 def _log(msg: str) -> None:
@@ -1024,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
                 pathological=args.pathological, pathological_at=Options.pathological_at * args.scale,
                 memory_bomb=args.memory_bomb, bomb_at=Options.bomb_at * args.scale, job_deadline_s=args.job_deadline,
                 pool=args.pool, concurrency=args.concurrency,
-                command=" ".join(["python scripts/reliability.py", *(argv if argv is not None else sys.argv[1:])]))
+                command=" ".join(["python -m hyfunc.chaos.reliability", *(argv if argv is not None else sys.argv[1:])]))
     if args.only == "pathological":
         jobs = max(1, round(args.rate * (args.baseline + args.after)))
         o.only, o.jobs, o.singles, o.after_s = "pathological", jobs, jobs, args.after
