@@ -284,5 +284,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{extra}")
 
 
+def wait_finished(env: dict[str, Any], ids: list[str], timeout: float = 90, interval: float = 0.2) -> list[Any]:
+    """The jobs ``ids`` once all are final, from ``env["sessions"]``, while ``env["worker"]`` (a
+    WorkerProcess) stays alive; its log tail on failure."""
+    from sqlalchemy import select
+
+    from hyfunc.store.models import FINAL_STATUSES, Job
+
+    def done() -> list[Job] | None:
+        assert env["worker"].alive(), "worker exited:\n" + env["worker"].tail()
+        with env["sessions"]() as s:
+            rows = list(s.scalars(select(Job).where(Job.id.in_(ids))))
+        return rows if len(rows) == len(ids) and all(r.status in FINAL_STATUSES for r in rows) else None
+
+    return wait_for(done, timeout, f"{len(ids)} jobs to finish", interval=interval, on_timeout=env["worker"].tail)
+
+
 def jsonl(items: list[Any]) -> str:
     return "\n".join(json.dumps(i) for i in items) + "\n"

