@@ -75,7 +75,7 @@ def test_eval_demo_reproduces_the_recorded_heldout_score():
     exact match: greedy decoding, same models, same examples."""
     recorded = recorded_heldout()
     proc = subprocess.run(
-        [sys.executable, "-m", "hyfunc.cli", "eval", "demo", "--json", "-n", str(recorded["n"])],
+        [sys.executable, "-m", "hyfunc.cli", "eval", "demo", "--json", "-n", str(recorded["n"]), "--models", str(MODELS)],
         cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr
