@@ -298,11 +298,10 @@ def run_backends_bench(
             )
     # The same-calls checks run the vLLM backend with jump-forward unless same_jump is off.
     report["same_calls_mode"] = "vllm" if same_jump else "vllm-no-jump"
+    vl.decoder.jump_forward = same_jump
     if same_n:
-        vl.decoder.jump_forward = same_jump
         report["same_calls"] = same_calls(hf, vl, examples[:same_n], big, log)
     if bfcl:
-        vl.decoder.jump_forward = same_jump
         report["same_calls_bfcl"] = {
             category: same_calls(hf, vl, sample, big, log, label=f"bfcl {category}")
             for category, sample in bfcl_sample(bfcl, bfcl_n).items()

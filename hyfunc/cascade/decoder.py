@@ -129,10 +129,6 @@ class ContinuousDecoder:
         self.source = iter(source) if source is not None else None
         self._pulled = 0
         self.steps = 0  # this session's steps (each: a decode pass, a prefill pass, or both)
-        # Admitted rows whose prompt is longer than one slice, oldest first, each with a runner of
-        # its own: fed PREFILL_SLICE_TOKENS tokens per step in all, apart from the running batch,
-        # which they join (their KV merged in) when their whole prompt is fed.
-        self.feeding: list[tuple[Row, TransformersRunner]] = []
         self._since: dict[Any, float] = {}  # waiting job -> when it started waiting
         self._start = time.perf_counter()
 
@@ -143,6 +139,13 @@ class ContinuousDecoder:
     def has_work(self) -> bool:
         # A source not yet exhausted may hold more jobs; step() pulls them (inside its timing).
         return self.scheduler.has_work() or self.source is not None
+
+    @property
+    def feeding(self) -> list[tuple[Row, TransformersRunner]]:
+        """Admitted rows whose prompt is longer than one slice, oldest first, each with a runner of
+        its own: fed PREFILL_SLICE_TOKENS tokens per step in all, apart from the running batch,
+        which they join (their KV merged in) when their whole prompt is fed."""
+        return self.scheduler.feeding
 
     def job_keys(self) -> list[Any]:
         """The keys of the jobs waiting or running in this session."""
@@ -157,8 +160,7 @@ class ContinuousDecoder:
         for row, _ in self.feeding:
             if row.key in keys:
                 row.job.program.close()
-        self.feeding = [(row, r) for row, r in self.feeding if row.key not in keys]
-        sched.feeding = len(self.feeding)
+        sched.feeding = [(row, r) for row, r in sched.feeding if row.key not in keys]
         keep = [i for i, row in enumerate(sched.running) if row.key not in keys]
         for row in sched.running:
             if row.key in keys:
@@ -214,7 +216,6 @@ class ContinuousDecoder:
             feeder = decoder.runner()
             feeder.add_rows([kv_cat([prefix, row.match.kv]) if row.match and row.match.kv else prefix])
             self.feeding.append((row, feeder))
-        sched.feeding = len(self.feeding)
         for row in [*admitted, *long]:
             row.match = None  # its KV now lives in start_kvs; do not pin cache tensors for the row's life
         t1 = time.perf_counter()
@@ -325,7 +326,6 @@ class ContinuousDecoder:
             self.feeding.pop(0)
             self.runner.join(feeder)
             joined.append((row, state))
-        self.scheduler.feeding = len(self.feeding)
         return joined
 
     def _soft_part(self, row: Row, piece: list[int]) -> torch.Tensor | None:

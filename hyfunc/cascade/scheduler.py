@@ -128,9 +128,9 @@ class Scheduler:
         self.max_rows = max_rows
         self.waiting: deque[tuple[Any, DecodeJob, bool]] = deque()  # (key, job, deferred once)
         self.running: list[Row] = []
-        # Rows admitted but not in ``running`` yet: a long prompt being fed apart from the running
-        # batch (the decoder's ``feeding``). They hold a row each.
-        self.feeding = 0
+        # Rows admitted but not in ``running`` yet, oldest first, each with the runner feeding its
+        # long prompt apart from the running batch (the decoder's). They hold a row each.
+        self.feeding: list[tuple[Row, Any]] = []
         self.deferred = 0  # jobs that waited one step for another's prefix
 
     # -- admission ------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class Scheduler:
             return 0
         if self.max_rows is None:
             return len(self.waiting)
-        return max(0, self.max_rows - len(self.running) - self.feeding)
+        return max(0, self.max_rows - len(self.running) - len(self.feeding))
 
     def _cacheable(self, prompt: Sequence[int]) -> int:
         """The KV after a soft-token slot depends on that job's soft token: only what precedes

@@ -942,10 +942,9 @@ def write_markdown(report: dict[str, Any]) -> str:
 def _pool_words(options: dict[str, Any]) -> str:
     if "pool" not in options:
         return "solo pool"  # reports written before the option existed
-    pool = options.get("pool") or "the worker's default pool (threads"
-    concurrency = options.get("concurrency")
-    if options.get("pool") is None:
-        return pool + (f", concurrency {concurrency})" if concurrency else ", concurrency 4)")
+    pool, concurrency = options.get("pool"), options.get("concurrency")
+    if pool is None:
+        return f"the worker's default pool (threads, concurrency {concurrency or 4})"
     return f"{pool} pool" + (f", concurrency {concurrency}" if concurrency else "")
 
 
@@ -1042,8 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
     report["files"] = {"json": f"{args.name}.json", "md": f"{args.name}.md"}
     o.out.mkdir(parents=True, exist_ok=True)
     (o.out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (o.out / f"{args.name}.md").write_text(write_markdown(report))
-    print(write_markdown(report))
+    markdown = write_markdown(report)
+    (o.out / f"{args.name}.md").write_text(markdown)
+    print(markdown)
     _log(f"written {o.out / args.name}.json and {args.name}.md; logs kept in {run.work}")
     return 0 if all(report["proof"].values()) else 1
 
