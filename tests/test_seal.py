@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 
 from hyfunc.data.seal_tools import (
+    _JOINERS,
     BfclExclusions,
     SealDataMissing,
     generate_examples,
+    generate_listed_calls,
     load_seal_library,
     load_seal_split,
     seal_data_dir,
@@ -255,6 +258,28 @@ def test_generated_queries_ask_for_several_calls_of_one_tool_or_many(seal_dir):
     assert repeated and mixed
     for ex in repeated:  # the same tool with other values: never the same call twice
         assert len({json.dumps(c.model_dump(), sort_keys=True) for c in ex.answers}) == len(ex.answers)
+    # some repeat one tool in one sentence that lists the values ("for 3, 5 and 7"), no joined clauses
+    assert any(not any(j.strip(" ,") in ex.query for j in _JOINERS) for ex in repeated)
+
+
+def test_a_listed_query_names_each_call_value_once_in_one_sentence(seal_dir):
+    library = load_seal_library(seal_dir)
+    rng = random.Random(0)
+    made = []
+    for _ in range(40):
+        for tool in library.tools.values():
+            wanted = rng.choice([2, 3, 4])
+            listed = generate_listed_calls(tool, wanted, {}, rng)
+            if listed is not None:
+                made.append((wanted, *listed))
+    assert made
+    for wanted, query, calls in made:
+        assert len(calls) == wanted and len({c.name for c in calls}) == 1
+        varying = [k for k in calls[0].arguments if len({json.dumps(c.arguments[k]) for c in calls}) > 1]
+        assert len(varying) == 1 and all(c.arguments.keys() == calls[0].arguments.keys() for c in calls)
+        for call in calls:
+            assert str(call.arguments[varying[0]]) in query, (query, call)
+        assert not any(j.strip(" ,") in query for j in _JOINERS), query
 
 
 def test_cli_registers_eval_seal():

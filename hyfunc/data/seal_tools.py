@@ -440,11 +440,14 @@ def _mention(name: str, value: Any, rng: random.Random) -> str:
 _OPENERS = ("{Desc}", "Please {desc}", "I need to {desc}", "Could you {desc}", "Help me {desc}", "{desc}")
 
 
-def _sentence(tool: Tool, arguments: dict[str, Any], rng: random.Random) -> str:
+def _sentence(tool: Tool, arguments: dict[str, Any], rng: random.Random, listed: str | None = None) -> str:
+    """A query for ``arguments``; ``listed`` (a mention of several values, one per call) goes last."""
     description = (tool.function.description or _phrase(tool.name)).strip().rstrip(".")
     desc = description[0].lower() + description[1:] if description[:2] != description[:2].upper() else description
     opener = rng.choice(_OPENERS).format(Desc=description[0].upper() + description[1:], desc=desc)
     mentions = [_mention(k, v, rng) for k, v in arguments.items()]
+    if listed:
+        mentions.append(listed)
     if not mentions:
         body = ""
     elif len(mentions) == 1:
@@ -477,12 +480,53 @@ def generate_call(tool: Tool, seen: dict[tuple[str, str], list[Any]], rng: rando
     return _sentence(tool, arguments, rng), call
 
 
+def _listed_values(name: str, values: list[Any], rng: random.Random) -> str:
+    """Several values of one parameter in one phrase: "city Paris, Oslo and Rome"."""
+    texts = [str(v).lower() if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) and " " in v else str(v))
+             for v in values]
+    items = ", ".join(texts[:-1]) + " and " + texts[-1]
+    return f"{_phrase(name)} {items}" if len(values) < 3 or rng.random() < 0.5 else f"each of the {_phrase(name)}s {items}"
+
+
+def generate_listed_calls(tool: Tool, wanted: int, seen: dict[tuple[str, str], list[Any]],
+                          rng: random.Random) -> tuple[str, list[Call]] | None:
+    """A parallel query in one sentence: `wanted` calls of one tool that differ in one parameter,
+    its values listed ("the area of circles with radius 3, 5 and 7"), the other values shared.
+    None when no parameter gets `wanted` distinct values."""
+    made = generate_call(tool, seen, rng)
+    if made is None:
+        return None
+    _query, base = made
+    props = tool.function.parameters.properties or {}
+    varying = [n for n, v in base.arguments.items() if not isinstance(v, bool) and not props[n].enum]
+    if not varying:
+        return None
+    name = rng.choice(varying)
+    values = [base.arguments[name]]
+    for _ in range(10 * wanted):
+        if len(values) >= wanted:
+            break
+        value = _value(tool, name, seen, rng)
+        if value is not None and value not in values and str(value) not in {str(v) for v in values}:
+            values.append(value)
+    if len(values) < wanted:
+        return None
+    calls = [Call(name=tool.name, arguments={**base.arguments, name: v}) for v in values]
+    if any(validate_call(c, [tool]) for c in calls):
+        return None
+    shared = {k: v for k, v in base.arguments.items() if k != name}
+    return _sentence(tool, shared, rng, listed=_listed_values(name, values, rng)), calls
+
+
 _JOINERS = (" Also, ", " Then ", " After that, ", " Additionally, ", " And ")
 # How many calls a generated call query asks for (weights): BFCL-style parallel questions ask for
 # 2-4 calls, often of one tool with other values ("weather in Paris and in Oslo"); a model trained
 # on one- and two-call queries only stops too early.
 CALL_COUNT_WEIGHTS = {1: 0.55, 2: 0.25, 3: 0.12, 4: 0.08}
 SAME_TOOL_SHARE = 0.5  # of the multi-call queries: every call to the same tool, with other values
+# Of those same-tool queries: one sentence listing one parameter's values ("for Paris, Oslo and
+# Rome") instead of one sentence per call, so the count is read from a list, not from joined clauses.
+LISTED_SHARE = 0.5
 
 
 def generate_examples(
@@ -530,6 +574,10 @@ def generate_examples(
         wanted = rng.choices(list(counts), weights=list(counts.values()))[0]
         calls = [call]
         same_tool = wanted > 1 and rng.random() < SAME_TOOL_SHARE
+        listed = generate_listed_calls(library.tools[call.name], wanted, seen, rng) \
+            if same_tool and rng.random() < LISTED_SHARE else None
+        if listed is not None:
+            query, calls = listed
         for _ in range(30):  # draws that repeat a call or its tool (when unwanted) are retried
             if len(calls) >= wanted:
                 break

@@ -63,6 +63,10 @@ class DataSource:
     path: str | None = None
     heldout_file: str | None = None
     heldout_share: float = 0.05
+    # "tool": the held-out examples are those of held-out *tools* (never trained on), so the gate
+    # and the no-call ceiling are calibrated on scores of tools the retriever has not seen, as
+    # served; "example": a random share of the examples.
+    heldout_by: str = "example"
     per_tool: int = 2
 
     def __post_init__(self) -> None:
@@ -74,6 +78,9 @@ class DataSource:
             raise ValueError(f"training config: data source {self.kind} needs path")
         if not 0 <= self.heldout_share < 1:
             raise ValueError(f"training config: data source {self.kind}: heldout_share must be in [0, 1)")
+        if self.heldout_by not in ("example", "tool"):
+            raise ValueError(f"training config: data source {self.kind}: heldout_by must be 'example' or 'tool', "
+                             f"got {self.heldout_by!r}")
 
 
 @dataclass
@@ -198,6 +205,10 @@ def _load_source(source: DataSource, recipe: Recipe, provenance: list[dict[str, 
             _log(report.summary())
             return examples, heldout
     examples = list(examples)
+    if source.heldout_by == "tool":
+        from hyfunc.training.retriever import split_by_tool
+
+        return split_by_tool(examples, source.heldout_share, seed=recipe.seed)
     rng.shuffle(examples)
     cut = int(len(examples) * source.heldout_share)
     return examples[cut:], examples[:cut]

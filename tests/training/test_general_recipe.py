@@ -30,6 +30,7 @@ from hyfunc.training.pipeline import DataSource, Recipe, _weighted, load_data
         ({"data": "mix", "sources": [{"kind": "demo", "weight": -1}]}, "weight must be >= 0"),
         ({"data": "mix", "sources": [{"kind": "xlam"}]}, "needs path"),
         ({"data": "mix", "sources": [{"kind": "demo", "heldout_share": 1.5}]}, "heldout_share"),
+        ({"data": "mix", "sources": [{"kind": "seal", "heldout_by": "field"}]}, "heldout_by must be"),
         ({"reuse": {"lms": "models/demo"}}, "reuse takes 'retriever'"),
     ],
 )
@@ -62,6 +63,22 @@ def test_mix_loads_each_source_with_its_weight_and_provenance(tmp_path):
     # a held-out xlam example is never also a training one
     held_xlam = {ex.query for ex in heldout if ex.query in queries}
     assert held_xlam and not held_xlam & {ex.query for ex in train}
+
+
+def test_a_source_held_out_by_tool_keeps_those_tools_out_of_training(tmp_path):
+    """heldout_by: tool -- the gate and the no-call ceiling are calibrated on tools never trained on."""
+    extra = generate_demo_examples("train", 300, 5)
+    write_xlam(tmp_path / "extra.jsonl", extra)
+    recipe = Recipe.from_dict({
+        "data": "mix", "augment": 0,
+        "sources": [{"kind": "xlam", "path": str(tmp_path / "extra.jsonl"), "heldout_share": 0.2, "heldout_by": "tool"}],
+    })
+    train, heldout = load_data(recipe)
+    assert len(train) + len(heldout) == len(extra)
+    trained_tools = {c.name for ex in train for c in ex.answers}
+    held_calls = [ex for ex in heldout if ex.answers]
+    # each held-out call query asks for a tool that no training query asks for
+    assert held_calls and all(any(c.name not in trained_tools for c in ex.answers) for ex in held_calls)
 
 
 def test_lora_checkpoints_hold_the_adapter_only_and_resume_the_newest(tiny_models_dir, tmp_path):
