@@ -507,7 +507,7 @@ def generate_listed_calls(tool: Tool, wanted: int, seen: dict[tuple[str, str], l
         if len(values) >= wanted:
             break
         value = _value(tool, name, seen, rng)
-        if value is not None and value not in values and str(value) not in {str(v) for v in values}:
+        if value is not None and str(value) not in {str(v) for v in values}:  # distinct as written in the query
             values.append(value)
     if len(values) < wanted:
         return None
